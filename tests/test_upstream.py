@@ -1,0 +1,993 @@
+"""conversations.upstream against the loopback ChatCompletionsServer: real HTTP, scripted faults."""
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from email.utils import formatdate
+
+import httpx
+import pytest
+
+from conversations import upstream
+from conversations.demo import ChatCompletionsServer, DemoModel, chunk, demo_reply_text
+from conversations.upstream import (
+    Completion,
+    ConnectError,
+    Finish,
+    HTTPStatusError,
+    IdleTimeout,
+    RefusalDelta,
+    StreamError,
+    StreamInterrupted,
+    TextDelta,
+    ToolCallDelta,
+    UpstreamError,
+    Usage,
+    list_models,
+    stream_chat,
+)
+
+MODEL = "test-model"
+MESSAGES = [{"role": "user", "content": "Hello"}]
+SECRET = "sk-test-0123456789abcdef"
+
+
+def c(delta=None, finish=None, **extra) -> dict:
+    """One chat.completion.chunk."""
+    return chunk("chatcmpl-test", MODEL, delta, finish, **extra)
+
+
+def sse_body(*payloads, done=True, newline="\n") -> bytes:
+    """A whole event stream; JSON keeps non-ASCII raw, as most servers send it."""
+    events = [p if isinstance(p, str) else json.dumps(p, ensure_ascii=False) for p in payloads]
+    if done:
+        events.append("[DONE]")
+    return "".join(f"data: {e}{newline}{newline}" for e in events).encode()
+
+
+def streaming(*payloads, done=True):
+    """A handler that streams ``payloads`` as SSE events and ends the body properly."""
+
+    async def handler(exchange):
+        await exchange.start()
+        for payload in payloads:
+            await exchange.send_event(payload)
+        if done:
+            await exchange.send_event("[DONE]")
+
+    return handler
+
+
+def raw(body: bytes, content_type="text/event-stream"):
+    """A handler that sends ``body`` in one HTTP chunk."""
+
+    async def handler(exchange):
+        await exchange.start(content_type=content_type)
+        await exchange.write(body)
+
+    return handler
+
+
+@pytest.fixture
+async def serve():
+    servers = []
+
+    async def start(handler) -> ChatCompletionsServer:
+        server = await ChatCompletionsServer(handler).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+    await upstream.close_client()
+
+
+async def collect(server, **kwargs) -> list:
+    kwargs.setdefault("model", MODEL)
+    kwargs.setdefault("messages", MESSAGES)
+    return [event async for event in stream_chat(server.base_url, **kwargs)]
+
+
+async def collect_until_error(server, **kwargs) -> tuple[list, UpstreamError]:
+    """The events that arrived before the stream failed, and the error."""
+    kwargs.setdefault("model", MODEL)
+    kwargs.setdefault("messages", MESSAGES)
+    events = []
+    with pytest.raises(UpstreamError) as info:
+        async for event in stream_chat(server.base_url, **kwargs):
+            events.append(event)
+    return events, info.value
+
+
+def complete(events) -> Completion:
+    completion = Completion()
+    for event in events:
+        completion.feed(event)
+    return completion
+
+
+def free_port() -> int:
+    """A port nothing listens on: bound, then released."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- deltas ------------------------------------------------------------------
+
+
+async def test_role_only_and_empty_deltas_yield_nothing(serve):
+    server = await serve(
+        streaming(
+            c({"role": "assistant", "content": ""}),
+            c({"role": "assistant"}),
+            c({"content": "Hi"}),
+            c({"content": None}),
+            c({"content": ""}),
+            c({}),
+            c({"content": " there"}),
+            c({}, "stop"),
+        )
+    )
+    assert await collect(server) == [TextDelta("Hi"), TextDelta(" there"), Finish("stop")]
+
+
+async def test_chunks_without_choices(serve):
+    azure_filter = {
+        "id": "",
+        "object": "",
+        "created": 0,
+        "model": "",
+        "choices": [],
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+    }
+    server = await serve(
+        streaming(
+            azure_filter,
+            c({"role": "assistant", "content": ""}),
+            c({"content": "ok"}),
+            c({}, "stop"),
+            c(usage=None),
+            c(usage={"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}),
+        )
+    )
+    assert await collect(server) == [TextDelta("ok"), Finish("stop"), Usage(3, 1, 4)]
+
+
+async def test_usage_absent_stays_none_and_missing_fields_stay_none(serve):
+    server = await serve(streaming(c({"content": "ok"}), c({}, "stop")))
+    completion = complete(await collect(server))
+    assert completion.usage is None
+
+    server = await serve(
+        streaming(c({"content": "ok"}), c({}, "stop"), c(usage={"prompt_tokens": 5}))
+    )
+    completion = complete(await collect(server))
+    assert completion.usage == Usage(prompt_tokens=5, completion_tokens=None, total_tokens=None)
+
+
+async def test_parallel_tool_calls_merge_by_index(serve):
+    def call(index, arguments, **first):
+        body = {"index": index, "function": {"arguments": arguments}}
+        if first:
+            body["id"] = first["id"]
+            body["type"] = "function"
+            body["function"]["name"] = first["name"]
+        return c({"tool_calls": [body]})
+
+    server = await serve(
+        streaming(
+            c({"role": "assistant", "content": None}),
+            call(0, "", id="call_a", name="get_weather"),
+            call(1, "", id="call_b", name="get_time"),
+            call(0, '{"city": '),
+            call(1, '{"tz": "UTC"}'),
+            call(0, '"Paris"}'),
+            c({}, "tool_calls"),
+        )
+    )
+    events = await collect(server)
+    assert events[0] == ToolCallDelta(0, "call_a", "get_weather", "")
+    assert events[-1] == Finish("tool_calls")
+    completion = complete(events)
+    assert completion.tool_calls == [
+        {
+            "id": "call_a",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
+        {
+            "id": "call_b",
+            "type": "function",
+            "function": {"name": "get_time", "arguments": '{"tz": "UTC"}'},
+        },
+    ]
+    assert completion.finish_reason == "tool_calls"
+    assert completion.content == ""
+
+
+async def test_whole_tool_calls_without_index(serve):
+    # Older Ollama / vLLM: every call complete in one delta, no "index".
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "a", "arguments": '{"x": 1}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "b", "arguments": {"y": 2}}},
+    ]
+    server = await serve(streaming(c({"tool_calls": calls}), c({}, "tool_calls")))
+    events = await collect(server)
+    assert events[:2] == [
+        ToolCallDelta(0, "call_1", "a", '{"x": 1}'),
+        ToolCallDelta(1, "call_2", "b", '{"y": 2}'),  # an object becomes JSON text
+    ]
+    assert [json.loads(t["function"]["arguments"]) for t in complete(events).tool_calls] == [
+        {"x": 1},
+        {"y": 2},
+    ]
+
+
+async def test_legacy_function_call(serve):
+    server = await serve(
+        streaming(
+            c({"role": "assistant", "function_call": {"name": "lookup", "arguments": ""}}),
+            c({"function_call": {"arguments": '{"q": '}}),
+            c({"function_call": {"arguments": '"cats"}'}}),
+            c({}, "function_call"),
+        )
+    )
+    events = await collect(server)
+    assert events == [
+        ToolCallDelta(0, None, "lookup", ""),
+        ToolCallDelta(0, None, None, '{"q": '),
+        ToolCallDelta(0, None, None, '"cats"}'),
+        Finish("function_call"),
+    ]
+    (call,) = complete(events).tool_calls
+    assert call["function"] == {"name": "lookup", "arguments": '{"q": "cats"}'}
+    assert call["id"] == "call_0"  # none was sent; the next turn needs one
+
+
+async def test_refusal_deltas(serve):
+    server = await serve(
+        streaming(
+            c({"role": "assistant", "content": None, "refusal": ""}),
+            c({"refusal": "I can't"}),
+            c({"refusal": " help with that."}),
+            c({}, "stop"),
+        )
+    )
+    events = await collect(server)
+    assert events == [RefusalDelta("I can't"), RefusalDelta(" help with that."), Finish("stop")]
+    completion = complete(events)
+    assert completion.refusal == "I can't help with that."
+    assert completion.to_message()["refusal"] == completion.refusal
+
+
+@pytest.mark.parametrize(
+    "reason", ["stop", "length", "tool_calls", "content_filter", "function_call"]
+)
+async def test_every_finish_reason_with_content_in_the_same_chunk(serve, reason):
+    server = await serve(streaming(c({"content": "a"}), c({"content": "b"}, reason)))
+    events = await collect(server)
+    assert events == [TextDelta("a"), TextDelta("b"), Finish(reason)]
+    completion = complete(events)
+    assert (completion.content, completion.finish_reason) == ("ab", reason)
+
+
+async def test_other_choices_are_ignored(serve):
+    two = c()
+    two["choices"] = [
+        {"index": 1, "delta": {"content": "B"}, "finish_reason": None},
+        {"index": 0, "delta": {"content": "A"}, "finish_reason": None},
+    ]
+    server = await serve(streaming(two, c({"content": "!"}), c({}, "stop")))
+    assert await collect(server) == [TextDelta("A"), TextDelta("!"), Finish("stop")]
+
+
+# --- how the stream ends -----------------------------------------------------
+
+
+async def test_done_ends_the_stream_without_waiting_for_eof(serve):
+    body = sse_body(c({"content": "x"}), c({}, "stop")) + sse_body(c({"content": "late"}))
+
+    async def handler(exchange):
+        await exchange.start()
+        await exchange.write(body)
+        await asyncio.sleep(10)  # keeps the connection open: only [DONE] can end this
+
+    server = await serve(handler)
+    events = await asyncio.wait_for(collect(server), 2)
+    assert events == [TextDelta("x"), Finish("stop")]
+
+
+async def test_eof_without_done_after_finish_is_normal(serve):
+    server = await serve(streaming(c({"content": "x"}), c({}, "stop"), done=False))
+    assert await collect(server) == [TextDelta("x"), Finish("stop")]
+
+
+async def test_eof_without_finish_raises_interrupted(serve):
+    server = await serve(streaming(c({"content": "x"}), done=False))
+    events, error = await collect_until_error(server)
+    assert events == [TextDelta("x")]
+    assert type(error) is StreamInterrupted
+    assert error.retryable
+    assert "finish" in str(error)
+
+
+async def test_done_without_finish_is_normal(serve):
+    # [DONE] is the server saying it is done; trust it.
+    server = await serve(streaming(c({"content": "x"})))
+    assert await collect(server) == [TextDelta("x")]
+
+
+async def test_eof_of_unchunked_body_after_finish(serve):
+    async def handler(exchange):
+        await exchange.start(chunked=False)  # the body ends when the connection closes
+        await exchange.write(sse_body(c({"content": "x"}), c({}, "stop"), done=False))
+        exchange.writer.close()
+
+    server = await serve(handler)
+    assert await collect(server) == [TextDelta("x"), Finish("stop")]
+
+
+async def test_cut_connection_after_finish_is_normal(serve):
+    async def handler(exchange):
+        await exchange.start()
+        await exchange.send_event(c({"content": "x"}))
+        await exchange.send_event(c({}, "stop"))
+        await asyncio.sleep(0.05)
+        exchange.abort()
+
+    server = await serve(handler)
+    assert await collect(server) == [TextDelta("x"), Finish("stop")]
+
+
+async def test_cut_connection_before_finish_raises_interrupted(serve):
+    async def handler(exchange):
+        await exchange.start()
+        await exchange.send_event(c({"content": "x"}))
+        await asyncio.sleep(0.05)
+        exchange.abort()
+
+    server = await serve(handler)
+    events, error = await collect_until_error(server)
+    assert events == [TextDelta("x")]
+    assert type(error) is StreamInterrupted
+    assert error.retryable
+
+
+async def test_cut_inside_an_http_chunk_raises_interrupted(serve):
+    async def handler(exchange):
+        await exchange.start()
+        await exchange.send_event(c({"content": "x"}))
+        # A chunk header announcing 0x100 bytes, then only a few of them.
+        exchange.writer.write(b'100\r\ndata: {"choi')
+        await exchange.writer.drain()
+        await asyncio.sleep(0.05)
+        exchange.abort()
+
+    server = await serve(handler)
+    events, error = await collect_until_error(server)
+    assert events == [TextDelta("x")]
+    assert type(error) is StreamInterrupted
+
+
+async def test_idle_timeout(serve):
+    async def handler(exchange):
+        await exchange.start()
+        await exchange.send_event(c({"content": "x"}))
+        await asyncio.sleep(5)
+
+    server = await serve(handler)
+    started = time.monotonic()
+    events, error = await collect_until_error(server, idle_timeout=0.3)
+    assert time.monotonic() - started < 3
+    assert events == [TextDelta("x")]
+    assert isinstance(error, IdleTimeout)
+    assert isinstance(error, StreamInterrupted)
+    assert error.retryable
+    assert "0.3 s" in str(error)
+
+
+async def test_idle_timeout_after_finish_is_normal(serve):
+    async def handler(exchange):
+        await exchange.start()
+        await exchange.send_event(c({}, "stop"))
+        await asyncio.sleep(5)  # neither usage nor [DONE] ever comes
+
+    server = await serve(handler)
+    assert await collect(server, idle_timeout=0.3) == [Finish("stop")]
+
+
+# --- errors ------------------------------------------------------------------
+
+
+async def test_error_object_mid_stream(serve):
+    error = {"message": "The server had an error while processing", "type": "server_error"}
+    server = await serve(streaming(c({"content": "x"}), {"error": error}))
+    events, exc = await collect_until_error(server)
+    assert events == [TextDelta("x")]
+    assert type(exc) is StreamError
+    assert "The server had an error while processing" in str(exc)
+    assert exc.code == "server_error"
+    assert exc.retryable
+
+
+async def test_error_string_mid_stream(serve):
+    server = await serve(streaming({"error": "model crashed"}))
+    _, exc = await collect_until_error(server)
+    assert type(exc) is StreamError
+    assert "model crashed" in str(exc)
+    assert not exc.retryable
+
+
+async def test_malformed_json_raises_stream_error(serve):
+    server = await serve(streaming(c({"content": "x"}), '{"choices": [' + "x" * 1000))
+    events, exc = await collect_until_error(server)
+    assert events == [TextDelta("x")]
+    assert type(exc) is StreamError
+    assert str(exc).startswith("upstream sent malformed data: ")
+    assert len(str(exc)) < 300
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "expected", "code"),
+    [
+        (
+            400,
+            "application/json",
+            {"error": {"message": "Invalid 'messages'", "type": "invalid_request_error"}},
+            "Invalid 'messages'",
+            "invalid_request_error",
+        ),
+        (
+            500,
+            "application/json",
+            {"error": {"message": "boom", "type": "server_error", "code": "internal"}},
+            "boom",
+            "internal",
+        ),
+        (400, "application/json", {"error": "model 'x' not found"}, "model 'x' not found", None),
+        (400, "application/json", {"detail": "Context too long"}, "Context too long", None),
+        (
+            422,
+            "application/json",
+            {"detail": [{"loc": ["body", "messages"], "msg": "field required"}]},
+            "body.messages: field required",
+            None,
+        ),
+        (
+            400,
+            "application/json",
+            {"object": "error", "message": "max_tokens too big", "code": 400},
+            "max_tokens too big",
+            "400",
+        ),
+        (502, "text/plain", "upstream connect error", "upstream connect error", None),
+        (
+            502,
+            "text/html",
+            "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
+            "502 Bad Gateway",
+            None,
+        ),
+    ],
+)
+async def test_http_error_bodies(serve, status, content_type, body, expected, code):
+    async def handler(exchange):
+        data = (json.dumps(body) if isinstance(body, dict) else body).encode()
+        await exchange.start(status, content_type)  # chunked, like a streaming proxy
+        await exchange.write(data)
+
+    server = await serve(handler)
+    _, exc = await collect_until_error(server)
+    assert type(exc) is HTTPStatusError
+    assert exc.status_code == status
+    assert expected in str(exc)
+    assert f"HTTP {status}" in str(exc)
+    assert "<" not in str(exc)
+    assert exc.code == code
+    assert exc.retryable is (status >= 500)
+
+
+def _with_status(status, body: bytes, headers=None):
+    async def handler(exchange):
+        await exchange.start(status, "text/plain", headers)
+        await exchange.write(body)
+
+    return handler
+
+
+async def test_http_error_long_text_is_truncated(serve):
+    server = await serve(_with_status(500, b"y" * 5000))
+    _, exc = await collect_until_error(server)
+    assert type(exc) is HTTPStatusError
+    assert "yyyy" in str(exc)
+    assert len(str(exc)) < 700
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_auth_errors_say_check_the_api_key(serve, status):
+    async def handler(exchange):
+        await exchange.respond_json(status, {"error": {"message": "Forbidden.", "code": None}})
+
+    server = await serve(handler)
+    _, exc = await collect_until_error(server, api_key=SECRET)
+    assert type(exc) is HTTPStatusError
+    assert "Forbidden" in str(exc)
+    assert "Check the API key" in str(exc)
+    assert not exc.retryable
+
+
+async def test_404_names_the_model(serve):
+    async def handler(exchange):
+        await exchange.respond_json(404, {"error": {"message": "Not found"}})
+
+    server = await serve(handler)
+    _, exc = await collect_until_error(server)
+    assert type(exc) is HTTPStatusError
+    assert MODEL in str(exc)
+    assert "Not found" in str(exc)
+    assert not exc.retryable
+
+
+async def test_retry_after_seconds(serve):
+    async def handler(exchange):
+        error = {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}
+        await exchange.respond_json(429, {"error": error}, {"Retry-After": "7"})
+
+    server = await serve(handler)
+    _, exc = await collect_until_error(server)
+    assert type(exc) is HTTPStatusError
+    assert (exc.status_code, exc.retry_after, exc.code) == (429, 7.0, "rate_limit_exceeded")
+    assert exc.retryable
+    assert "Rate limit reached" in str(exc)
+
+
+async def test_retry_after_http_date(serve):
+    when = formatdate(time.time() + 30, usegmt=True)
+    server = await serve(_with_status(503, b"overloaded", {"Retry-After": when}))
+    _, exc = await collect_until_error(server)
+    assert exc.status_code == 503
+    assert 25 <= exc.retry_after <= 31
+    assert exc.retryable
+
+
+async def test_redirect_is_an_error(serve):
+    server = await serve(_with_status(301, b"", {"Location": "https://example.com/v1/"}))
+    _, exc = await collect_until_error(server)
+    assert type(exc) is HTTPStatusError
+    assert "https://example.com/v1/" in str(exc)
+
+
+async def test_connection_refused():
+    port = free_port()
+    with pytest.raises(ConnectError) as info:
+        async for _ in stream_chat(f"http://127.0.0.1:{port}/v1", model=MODEL, messages=MESSAGES):
+            pass
+    assert str(info.value) == f"Could not connect to 127.0.0.1:{port}: connection refused."
+    assert info.value.retryable
+    assert info.value.status_code is None
+    await upstream.close_client()
+
+
+async def test_dns_failure():
+    with pytest.raises(ConnectError) as info:
+        async for _ in stream_chat("http://nonexistent.invalid/v1", model=MODEL, messages=[]):
+            pass
+    assert "nonexistent.invalid:80" in str(info.value)
+    assert "resolve" in str(info.value)
+    assert info.value.retryable
+    await upstream.close_client()
+
+
+async def test_api_key_never_appears_in_errors(serve):
+    async def echo_key(exchange):
+        key = exchange.headers["authorization"].removeprefix("Bearer ")
+        if exchange.path.endswith("/models"):
+            await exchange.respond_json(401, {"error": f"bad key {key}"})
+            return
+        match exchange.json["messages"][0]["content"]:
+            case "status":
+                message = f"Incorrect API key provided: {key}."
+                await exchange.respond_json(401, {"error": {"message": message}})
+            case "midstream":
+                await exchange.start()
+                await exchange.send_event({"error": {"message": f"key {key} revoked"}})
+            case "malformed":
+                await exchange.start()
+                await exchange.send_event(f"not json {key}")
+
+    server = await serve(echo_key)
+    errors = []
+    for content in ("status", "midstream", "malformed"):
+        messages = [{"role": "user", "content": content}]
+        _, exc = await collect_until_error(server, messages=messages, api_key=SECRET)
+        errors.append(exc)
+    with pytest.raises(HTTPStatusError) as info:
+        await list_models(server.base_url, api_key=SECRET)
+    errors.append(info.value)
+    with pytest.raises(ConnectError) as info:
+        await list_models(f"http://127.0.0.1:{free_port()}/v1", api_key=SECRET)
+    errors.append(info.value)
+
+    assert [type(e) for e in errors] == [
+        HTTPStatusError,
+        StreamError,
+        StreamError,
+        HTTPStatusError,
+        ConnectError,
+    ]
+    for exc in errors:
+        assert SECRET not in str(exc)
+        assert SECRET not in repr(exc)
+        assert SECRET not in exc.message
+    assert "[redacted]" in str(errors[0])
+
+
+def test_retryable_by_status():
+    for status in (408, 409, 429, 500, 502, 503, 504):
+        assert HTTPStatusError("x", status_code=status).retryable
+    for status in (400, 401, 403, 404, 413, 422):
+        assert not HTTPStatusError("x", status_code=status).retryable
+    assert ConnectError("x").retryable
+    assert IdleTimeout("x").retryable
+    assert not UpstreamError("x").retryable
+
+
+# --- the SSE framing ---------------------------------------------------------
+
+
+async def test_comments_and_other_fields_are_ignored(serve):
+    body = (
+        ": ping\n\n"
+        ": OPENROUTER PROCESSING\n\n"
+        "event: message\nid: 1\nretry: 3000\n"
+        f"data: {json.dumps(c({'content': 'a'}))}\n\n"
+        "id: 2\n\n"
+        "event: ping\n\n"
+        f"data:{json.dumps(c({'content': 'b'}, 'stop'))}\n\n"
+        "data: [DONE]\n\n"
+    )
+    server = await serve(raw(body.encode()))
+    assert await collect(server) == [TextDelta("a"), TextDelta("b"), Finish("stop")]
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\r"])
+async def test_crlf_and_cr_line_endings(serve, newline):
+    body = sse_body(c({"content": "a"}), c({"content": "b"}, "stop"), newline=newline)
+    server = await serve(raw(body))
+    assert await collect(server) == [TextDelta("a"), TextDelta("b"), Finish("stop")]
+
+
+async def test_raw_line_and_paragraph_separators_stay_in_the_text(serve):
+    text = "one\u2028two\u2029three\x85four"
+    server = await serve(raw(sse_body(c({"content": text}), c({}, "stop"))))
+    assert await collect(server) == [TextDelta(text), Finish("stop")]
+
+
+async def test_last_event_without_blank_line(serve):
+    body = sse_body(c({"content": "a"}), done=False) + f"data: {json.dumps(c({}, 'stop'))}".encode()
+    server = await serve(raw(body))
+    assert await collect(server) == [TextDelta("a"), Finish("stop")]
+
+
+async def test_missing_content_type(serve):
+    async def handler(exchange):
+        # Written by hand: Exchange.start always sends a Content-Type.
+        exchange.writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        exchange.writer.write(sse_body(c({"content": "a"}), c({}, "stop")))
+        await exchange.writer.drain()
+
+    server = await serve(handler)
+    assert await collect(server) == [TextDelta("a"), Finish("stop")]
+
+
+async def test_whole_json_completion_when_stream_is_ignored(serve):
+    completion = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Let me look.",
+                    "tool_calls": [
+                        {
+                            "id": "call_9",
+                            "type": "function",
+                            "function": {"name": "search", "arguments": '{"q": "x"}'},
+                        }
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+    }
+
+    async def handler(exchange):
+        await exchange.respond_json(200, completion)
+
+    server = await serve(handler)
+    assert await collect(server) == [
+        TextDelta("Let me look."),
+        ToolCallDelta(0, "call_9", "search", '{"q": "x"}'),
+        Finish("tool_calls"),
+        Usage(9, 4, 13),
+    ]
+
+
+async def test_html_page_with_200_is_an_error(serve):
+    server = await serve(raw(b"<!doctype html><html>Welcome</html>", content_type="text/html"))
+    _, exc = await collect_until_error(server)
+    assert type(exc) is UpstreamError
+    assert "base URL" in str(exc)
+    assert not exc.retryable
+
+
+# --- delivery ----------------------------------------------------------------
+
+REALISTIC = [
+    c({"role": "assistant", "content": "", "refusal": None}),
+    c({"content": "Grüße"}),
+    c({"content": " - 3 € and 😀 "}),
+    c({"content": "line\u2028break"}),
+    c(
+        {
+            "tool_calls": [
+                {"index": 0, "id": "call_x", "type": "function", "function": {"name": "f"}}
+            ]
+        }
+    ),
+    c({"tool_calls": [{"index": 0, "function": {"arguments": '{"ü": "𝄞"}'}}]}),
+    c({}, "tool_calls"),
+    c(usage={"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}),
+]
+REALISTIC_EVENTS = [
+    TextDelta("Grüße"),
+    TextDelta(" - 3 € and 😀 "),
+    TextDelta("line\u2028break"),
+    ToolCallDelta(0, "call_x", "f", ""),
+    ToolCallDelta(0, None, None, '{"ü": "𝄞"}'),
+    Finish("tool_calls"),
+    Usage(12, 7, 19),
+]
+
+
+async def test_whole_delivery(serve):
+    server = await serve(raw(sse_body(*REALISTIC, newline="\r\n")))
+    assert await collect(server) == REALISTIC_EVENTS
+
+
+async def test_byte_by_byte_delivery(serve):
+    body = sse_body(*REALISTIC, newline="\r\n")
+
+    async def handler(exchange):
+        await exchange.start()
+        for i in range(len(body)):
+            await exchange.write(body[i : i + 1])  # one HTTP chunk per byte
+            if i % 8 == 0:
+                await asyncio.sleep(0.001)
+
+    server = await serve(handler)
+    assert await collect(server) == REALISTIC_EVENTS
+
+
+async def test_multibyte_character_split_between_writes(serve):
+    body = sse_body(c({"content": "a😀b"}), c({}, "stop"))
+    cut = body.index("😀".encode()) + 2
+
+    async def handler(exchange):
+        await exchange.start()
+        await exchange.write(body[:cut])
+        await asyncio.sleep(0.02)
+        await exchange.write(body[cut:])
+
+    server = await serve(handler)
+    assert await collect(server) == [TextDelta("a😀b"), Finish("stop")]
+
+
+# --- closing early -----------------------------------------------------------
+
+
+def slow_stream():
+    async def handler(exchange):
+        await exchange.start()
+        await exchange.send_event(c({"role": "assistant", "content": ""}))
+        for _ in range(100):
+            await exchange.send_event(c({"content": "word "}))
+            await asyncio.sleep(0.1)
+
+    return handler
+
+
+async def test_aclose_closes_the_connection(serve):
+    server = await serve(slow_stream())
+    gen = stream_chat(server.base_url, model=MODEL, messages=MESSAGES)
+    assert await anext(gen) == TextDelta("word ")
+    await gen.aclose()
+    (exchange,) = server.exchanges
+    await asyncio.wait_for(exchange.disconnected.wait(), 1)
+
+
+async def test_cancelling_the_consumer_closes_the_connection(serve):
+    server = await serve(slow_stream())
+    first = asyncio.Event()
+
+    async def consume():
+        async for _ in stream_chat(server.base_url, model=MODEL, messages=MESSAGES):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (exchange,) = server.exchanges
+    await asyncio.wait_for(exchange.disconnected.wait(), 1)
+
+
+# --- the request -------------------------------------------------------------
+
+
+async def test_request_body_and_headers(serve):
+    server = await serve(streaming(c({}, "stop")))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    async for _ in stream_chat(
+        server.base_url + "/",
+        model=MODEL,
+        messages=MESSAGES,
+        extra={"temperature": 0.5, "tools": tools},
+    ):
+        pass
+    async for _ in stream_chat(server.base_url, model=MODEL, messages=MESSAGES, api_key=SECRET):
+        pass
+
+    without_key, with_key = server.exchanges
+    assert (without_key.method, without_key.path) == ("POST", "/v1/chat/completions")
+    assert without_key.json == {
+        "model": MODEL,
+        "messages": MESSAGES,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.5,
+        "tools": tools,
+    }
+    assert without_key.headers["accept"] == "text/event-stream"
+    assert "authorization" not in without_key.headers
+    assert with_key.headers["authorization"] == f"Bearer {SECRET}"
+    assert with_key.json["stream"] is True
+    assert with_key.json["stream_options"] == {"include_usage": True}
+
+
+async def test_given_client_is_used(serve):
+    server = await serve(DemoModel(tokens_per_second=0))
+    seen = []
+
+    async def record(request):
+        seen.append(request.url.path)
+
+    async with httpx.AsyncClient(event_hooks={"request": [record]}) as client:
+        events = await collect(server, client=client)
+        assert await list_models(server.base_url, client=client) == ["demo"]
+    assert complete(events).finish_reason == "stop"
+    assert seen == ["/v1/chat/completions", "/v1/models"]
+
+
+async def test_get_client_is_shared_per_loop():
+    client = upstream.get_client()
+    assert upstream.get_client() is client
+
+    other = []
+    thread = threading.Thread(target=lambda: other.append(asyncio.run(_client_in_new_loop())))
+    thread.start()
+    thread.join(5)
+    assert other and other[0] is not client
+
+    await upstream.close_client()
+    assert client.is_closed
+    assert upstream.get_client() is not client
+    await upstream.close_client()
+
+
+async def _client_in_new_loop():
+    client = upstream.get_client()
+    await upstream.close_client()
+    return client
+
+
+# --- the demo model ----------------------------------------------------------
+
+
+async def test_demo_model_stream(serve):
+    server = await serve(DemoModel(tokens_per_second=0))
+    messages = [{"role": "user", "content": "Tell me something"}]
+    events = await collect(server, model="demo", messages=messages)
+    completion = complete(events)
+    assert completion.content == demo_reply_text("Tell me something")
+    assert completion.finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens > 100
+    assert completion.usage.total_tokens == (
+        completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
+    assert completion.tool_calls == []
+    assert isinstance(events[-1], Usage)
+
+
+async def test_demo_model_tool_call(serve):
+    server = await serve(DemoModel(tokens_per_second=0))
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "web_search",
+                "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+            },
+        }
+    ]
+    messages = [{"role": "user", "content": "Use a tool for this"}]
+    completion = complete(
+        await collect(server, model="demo", messages=messages, extra={"tools": tools})
+    )
+    assert completion.finish_reason == "tool_calls"
+    assert completion.content == ""
+    (call,) = completion.tool_calls
+    assert call["id"].startswith("call_")
+    assert call["type"] == "function"
+    assert call["function"]["name"] == "web_search"
+    assert json.loads(call["function"]["arguments"]) == {"query": "Use a tool for this"}
+    message = completion.to_message()
+    assert message["content"] is None
+    assert message["tool_calls"] == completion.tool_calls
+
+
+async def test_list_models(serve):
+    server = await serve(DemoModel())
+    assert await list_models(server.base_url) == ["demo"]
+    assert await list_models(server.base_url + "/") == ["demo"]
+    (exchange, _) = server.exchanges
+    assert (exchange.method, exchange.path) == ("GET", "/v1/models")
+
+
+async def test_list_models_errors(serve):
+    async def handler(exchange):
+        await exchange.respond_json(401, {"error": {"message": "Missing bearer token"}})
+
+    server = await serve(handler)
+    with pytest.raises(HTTPStatusError) as info:
+        await list_models(server.base_url)
+    assert "Missing bearer token" in str(info.value)
+    assert "Check the API key" in str(info.value)
+
+    server = await serve(raw(b"not json", content_type="application/json"))
+    with pytest.raises(UpstreamError, match="malformed model list"):
+        await list_models(server.base_url)
+
+
+# --- Completion --------------------------------------------------------------
+
+
+def test_completion_accumulates():
+    completion = Completion()
+    for event in [
+        TextDelta("Hel"),
+        TextDelta("lo"),
+        ToolCallDelta(1, "call_b", "b", "{}"),
+        ToolCallDelta(0, "call_a", "a", '{"k"'),
+        ToolCallDelta(0, "call_a", "a", ': "v"}'),  # a server repeating id and name
+        Finish("tool_calls"),
+        Usage(1, 2, 3),
+    ]:
+        completion.feed(event)
+    assert completion.content == "Hello"
+    assert completion.content == "Hello"  # reading twice is stable
+    assert [call["id"] for call in completion.tool_calls] == ["call_a", "call_b"]
+    assert completion.tool_calls[0]["function"] == {"name": "a", "arguments": '{"k": "v"}'}
+    assert (completion.finish_reason, completion.usage) == ("tool_calls", Usage(1, 2, 3))
+    assert Completion().usage is None
+    assert Completion().finish_reason is None
