@@ -1,0 +1,451 @@
+"""The offline demo model: a scripted OpenAI-compatible chat-completions server.
+
+It is not a language model. It answers every message with a fixed, labelled
+reply, streamed word by word over Server-Sent Events on loopback HTTP, so the
+site runs exactly the code path it runs against a real provider (SSE chunks,
+``stream_options.include_usage``, tool calls when the request offers tools).
+
+The HTTP server underneath (:class:`ChatCompletionsServer`) takes any handler,
+which is how the tests script faults: cut streams, error objects, byte-by-byte
+writes, stalls. No Django imports here.
+
+Run it on its own (the benchmark does)::
+
+    python -m conversations.demo --port 8001 --rate 200 --tokens 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+DEMO_MODEL = "demo"
+DEMO_LABEL = "Demo model (scripted, not a language model)"
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+MAX_BODY = 32 * 1024 * 1024
+
+
+@dataclass
+class Exchange:
+    """One HTTP request and the means to answer it, chunk by chunk."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    writer: asyncio.StreamWriter
+    started: bool = False
+    chunked: bool = True
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def json(self):
+        return json.loads(self.body or b"{}")
+
+    async def start(
+        self,
+        status: int = 200,
+        content_type: str = "text/event-stream",
+        headers: dict[str, str] | None = None,
+        chunked: bool = True,
+    ) -> None:
+        """Send the status line and headers. ``chunked=False`` ends the body at close."""
+        self.started = True
+        self.chunked = chunked
+        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}"]
+        lines.append(f"Content-Type: {content_type}")
+        lines.append("Cache-Control: no-cache")
+        lines.append("Connection: close")
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        for name, value in (headers or {}).items():
+            lines.append(f"{name}: {value}")
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await self.writer.drain()
+
+    async def write(self, data: bytes | str) -> None:
+        """Send bytes as they are (one HTTP chunk when chunked)."""
+        if isinstance(data, str):
+            data = data.encode()
+        if not data:
+            return
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def send_event(self, payload) -> None:
+        """Send one SSE event whose data is ``payload`` as JSON (or a literal string)."""
+        data = payload if isinstance(payload, str) else json.dumps(payload)
+        await self.write(f"data: {data}\n\n")
+
+    async def finish(self) -> None:
+        """End the body properly (the terminating chunk) and close."""
+        if self.chunked:
+            self.writer.write(b"0\r\n\r\n")
+            with contextlib.suppress(ConnectionError):
+                await self.writer.drain()
+        self.writer.close()
+
+    def abort(self) -> None:
+        """Drop the connection without ending the body: a cut stream."""
+        transport = self.writer.transport
+        if transport is not None:
+            transport.abort()
+
+    async def respond_json(self, status: int, payload, headers: dict[str, str] | None = None):
+        body = json.dumps(payload).encode()
+        head = {"Content-Length": str(len(body)), **(headers or {})}
+        await self.start(status, "application/json", head, chunked=False)
+        self.writer.write(body)
+        await self.writer.drain()
+        self.writer.close()
+
+
+Handler = Callable[[Exchange], Awaitable[None]]
+
+
+class ChatCompletionsServer:
+    """A small HTTP/1.1 server on loopback that hands each request to ``handler``.
+
+    Every exchange is recorded in ``exchanges``; ``exchange.disconnected`` is
+    set when the client closes its side, which is how tests observe that a
+    stop really closed the upstream request.
+    """
+
+    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0):
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.exchanges: list[Exchange] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def start(self) -> ChatCompletionsServer:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            exchange = await self._read_request(reader, writer)
+            if exchange is None:
+                writer.close()
+                return
+            self.exchanges.append(exchange)
+            watcher = asyncio.create_task(self._watch_disconnect(reader, exchange))
+            try:
+                await self.handler(exchange)
+            except (ConnectionError, asyncio.CancelledError):
+                exchange.disconnected.set()
+            finally:
+                watcher.cancel()
+                if not writer.is_closing():
+                    if exchange.started:
+                        await exchange.finish()
+                    else:
+                        writer.close()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            writer.close()
+        finally:
+            self._tasks.discard(task)
+
+    @staticmethod
+    async def _watch_disconnect(reader: asyncio.StreamReader, exchange: Exchange) -> None:
+        # The client sends nothing after its request, so EOF means it hung up.
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1024):
+                pass
+        exchange.disconnected.set()
+
+    @staticmethod
+    async def _read_request(reader, writer) -> Exchange | None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        request_line, *header_lines = head.decode("latin-1").split("\r\n")
+        if not request_line:
+            return None
+        method, path, _ = request_line.split(" ", 2)
+        headers = {}
+        for line in header_lines:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        if length > MAX_BODY:
+            raise ValueError("request body too large")
+        body = await reader.readexactly(length) if length else b""
+        return Exchange(method, path.split("?", 1)[0], headers, body, writer)
+
+
+# --- the demo model ----------------------------------------------------------
+
+DEMO_REPLY = """\
+This is the **offline demo model**: a scripted server that streams a fixed reply, \
+not a language model. Point `OPENAI_BASE_URL` at a real OpenAI-compatible server \
+(OpenAI, Ollama, llama.cpp, vLLM) to chat with one.
+
+You wrote:
+
+> {echo}
+
+While you wait, here is what a streamed reply looks like:
+
+1. Every word you see arrived as its own chunk over Server-Sent Events.
+2. Reload the page while it streams: the reply keeps going.
+3. Nothing is written to the database per word; the reply is stored once when it ends.
+
+```python
+def greet(name):
+    return f"Hello, {{name}}!"
+```
+
+| piece | job |
+|---|---|
+| `upstream.py` | reads the stream |
+| `replies.py` | coalesces, publishes, stores |
+"""
+
+WORDS = re.compile(r"\s*\S+|\s+")
+
+
+def demo_reply_text(user_text: str, min_tokens: int = 0) -> str:
+    echo = " ".join(user_text.split())[:300] or "(an empty message)"
+    text = DEMO_REPLY.format(echo=echo)
+    if min_tokens:
+        filler = " Padding word for a long demo reply."
+        while len(WORDS.findall(text)) < min_tokens:
+            text += filler
+    return text
+
+
+def split_tokens(text: str) -> list[str]:
+    """Words with their leading spaces: the demo's idea of a token."""
+    return WORDS.findall(text)
+
+
+def chunk(
+    completion_id: str, model: str, delta: dict | None = None, finish_reason=None, **extra
+) -> dict:
+    choices = []
+    if delta is not None or finish_reason is not None:
+        choices = [{"index": 0, "delta": delta or {}, "finish_reason": finish_reason}]
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        **extra,
+    }
+
+
+def _last_user_text(messages: list) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # content parts
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
+
+
+@dataclass
+class DemoModel:
+    """Answers chat-completion requests the way a real server streams them."""
+
+    tokens_per_second: float = 60.0
+    min_tokens: int = 0
+
+    async def __call__(self, exchange: Exchange) -> None:
+        if exchange.method == "GET" and exchange.path.endswith("/models"):
+            models = {"object": "list", "data": [{"id": DEMO_MODEL, "object": "model"}]}
+            await exchange.respond_json(200, models)
+            return
+        if exchange.method != "POST" or not exchange.path.endswith("/chat/completions"):
+            await exchange.respond_json(404, {"error": {"message": "Not found"}})
+            return
+        try:
+            request = exchange.json
+            messages = list(request["messages"])
+        except (ValueError, KeyError, TypeError):
+            error = {"message": "Invalid request body", "type": "invalid_request_error"}
+            await exchange.respond_json(400, {"error": error})
+            return
+        model = request.get("model") or DEMO_MODEL
+        user_text = _last_user_text(messages)
+        prompt_tokens = sum(len(split_tokens(str(m.get("content") or ""))) for m in messages)
+        if not request.get("stream"):
+            await self._respond_whole(exchange, model, user_text, prompt_tokens)
+            return
+        await exchange.start()
+        cid = f"chatcmpl-demo-{uuid.uuid4().hex[:12]}"
+        await exchange.send_event(chunk(cid, model, {"role": "assistant", "content": ""}))
+        if request.get("tools") and "tool" in user_text.lower():
+            tokens = 0
+            finish = "tool_calls"
+            await self._stream_tool_call(exchange, cid, model, request["tools"][0], user_text)
+        else:
+            tokens = 0
+            finish = "stop"
+            delay = 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0
+            started = time.monotonic()
+            for tokens, token in enumerate(
+                split_tokens(demo_reply_text(user_text, self.min_tokens)), 1
+            ):
+                # Pace against the clock so the rate holds whatever each write costs.
+                wait = started + tokens * delay - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await exchange.send_event(chunk(cid, model, {"content": token}))
+        await exchange.send_event(chunk(cid, model, {}, finish))
+        if (request.get("stream_options") or {}).get("include_usage"):
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": tokens,
+                "total_tokens": prompt_tokens + tokens,
+            }
+            await exchange.send_event(chunk(cid, model, usage=usage))
+        await exchange.send_event("[DONE]")
+
+    async def _stream_tool_call(self, exchange, cid, model, tool, user_text):
+        name = (tool.get("function") or {}).get("name", "tool")
+        arguments = json.dumps({"query": user_text[:100]})
+        call = {"index": 0, "id": f"call_{uuid.uuid4().hex[:8]}", "type": "function"}
+        call["function"] = {"name": name, "arguments": ""}
+        await exchange.send_event(chunk(cid, model, {"tool_calls": [call]}))
+        for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
+            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+            await exchange.send_event(chunk(cid, model, delta))
+
+    async def _respond_whole(self, exchange, model, user_text, prompt_tokens):
+        text = demo_reply_text(user_text, self.min_tokens)
+        tokens = len(split_tokens(text))
+        body = {
+            "id": f"chatcmpl-demo-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": tokens,
+                "total_tokens": prompt_tokens + tokens,
+            },
+        }
+        await exchange.respond_json(200, body)
+
+
+class ServerThread:
+    """Runs a :class:`ChatCompletionsServer` on its own event loop in a daemon thread.
+
+    For callers without a running loop of their own: the site's default
+    upstream when ``OPENAI_BASE_URL`` is unset, and the tests.
+    """
+
+    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0):
+        self.server = ChatCompletionsServer(handler, host, port)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chat-upstream", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the upstream server did not start")
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.start())
+        self._ready.set()
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        future = asyncio.run_coroutine_threadsafe(self.server.close(), self.loop)
+        with contextlib.suppress(Exception):
+            future.result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+_demo_lock = threading.Lock()
+_demo_thread: ServerThread | None = None
+
+
+def demo_base_url() -> str:
+    """Base URL of this process's demo model, started on first use."""
+    global _demo_thread
+    with _demo_lock:
+        if _demo_thread is None:
+            _demo_thread = ServerThread(DemoModel()).start()
+        return _demo_thread.base_url
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the offline demo model.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--rate", type=float, default=60.0, help="tokens per second")
+    parser.add_argument("--tokens", type=int, default=0, help="pad replies to this many tokens")
+    args = parser.parse_args(argv)
+
+    async def serve():
+        server = ChatCompletionsServer(DemoModel(args.rate, args.tokens), args.host, args.port)
+        await server.start()
+        print(f"demo model at {server.base_url}", flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
