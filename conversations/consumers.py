@@ -1,0 +1,252 @@
+"""The websocket adapter: validates actions, joins the group, starts and stops replies.
+
+Client to server: JSON objects with an ``action`` (``send``, ``stop``, ``sync``).
+Server to client: HTML fragments that htmx swaps by id.
+
+A consumer never streams inside ``receive``: a reply runs as its own task
+(replies.py). The consumer forwards that task's frames to its socket, using
+the offsets on each frame so its page gets every character exactly once,
+however late it joined.
+"""
+
+import json
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import replies
+from .models import Conversation, Message
+from .rendering import append_messages_html, message_html, notice_html
+
+log = logging.getLogger(__name__)
+
+# Close codes (4000-4999 are the application's own).
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+
+
+class ReplyInProgress(Exception):
+    pass
+
+
+class ConversationConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.accept()
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
+        self.conversation = await get_conversation(user, conversation_id)
+        if self.conversation is None:
+            await self.accept()
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.group = replies.group_name(self.conversation.pk)
+        # Per streaming message: the offset this socket's page has reached.
+        # A message with no entry waits for a snapshot before it gets frames.
+        self.offsets: dict[int, int] = {}
+        self.awaiting_snapshot: set[int] = set()
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        if getattr(self, "group", None):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    # --- client actions ----------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if text_data is None:
+            await self.notify("This connection takes JSON text frames only.")
+            return
+        if len(text_data) > max_frame_chars():
+            await self.notify(
+                f"That message is too long: the limit is {settings.CHAT_MAX_MESSAGE_CHARS:,} "
+                "characters.",
+                refused="send",
+            )
+            return
+        try:
+            data = json.loads(text_data)
+        except ValueError:
+            await self.notify("The server could not read that request (it is not valid JSON).")
+            return
+        action = data.get("action") if isinstance(data, dict) else None
+        handler = {
+            "send": self.send_message,
+            "stop": self.stop_reply,
+            "sync": self.sync,
+        }.get(action)
+        if handler is None:
+            await self.notify(f"Unknown action {str(action)[:40]!r}.")
+            return
+        await handler(data)
+
+    async def send_message(self, data):
+        content = data.get("content")
+        if not isinstance(content, str) or not content.strip():
+            await self.notify("Type a message first.", refused="send")
+            return
+        if len(content) > settings.CHAT_MAX_MESSAGE_CHARS:
+            await self.notify(
+                f"Your message is {len(content):,} characters long; the limit is "
+                f"{settings.CHAT_MAX_MESSAGE_CHARS:,}. Nothing was sent.",
+                refused="send",
+            )
+            return
+        model = self.conversation.model or await replies.default_model()
+        try:
+            sent, reply, prompt = await begin_reply(self.conversation.pk, content, model)
+        except ReplyInProgress:
+            await self.notify(
+                "A reply is still being written in this conversation. "
+                "Wait for it to finish or stop it, then send again.",
+                refused="send",
+            )
+            return
+        await self.channel_layer.group_send(
+            self.group,
+            {
+                "type": "message.created",
+                "reply_id": reply.pk,
+                "html": append_messages_html([sent, reply]),
+            },
+        )
+        await replies.start_reply(reply, prompt)
+
+    async def stop_reply(self, data):
+        if not await has_streaming_reply(self.conversation.pk):
+            await self.notify("There is no reply to stop.", level="info")
+            return
+        await self.channel_layer.group_send(
+            replies.control_group_name(self.conversation.pk), {"type": "reply.stop"}
+        )
+
+    async def sync(self, data):
+        """Bring a (re)connected page up to date: messages it lacks, and live snapshots."""
+        since = data.get("since")
+        since = since if isinstance(since, int) and not isinstance(since, bool) else 0
+        newer, last_finished, streaming = await load_sync_state(self.conversation.pk, since)
+        if newer:
+            await self.send(append_messages_html(newer))
+        if last_finished is not None:
+            await self.send(message_html(last_finished))
+        for message_id in streaming:
+            await self.request_snapshot(message_id)
+
+    async def request_snapshot(self, message_id: int):
+        self.offsets.pop(message_id, None)
+        self.awaiting_snapshot.add(message_id)
+        await self.channel_layer.group_send(
+            replies.control_group_name(self.conversation.pk),
+            {"type": "reply.sync", "reply_to": self.channel_name},
+        )
+
+    async def notify(self, text: str, level: str = "error", refused: str = ""):
+        await self.send(notice_html(text, level, refused))
+
+    # --- events from the channel layer (named after their type) ------------
+
+    async def message_created(self, event):
+        self.offsets[event["reply_id"]] = 0
+        await self.send(event["html"])
+
+    async def reply_delta(self, event):
+        message_id = event["message_id"]
+        offset = self.offsets.get(message_id)
+        if offset is None:
+            # Joined mid-reply without a snapshot yet: ask for one, ignore frames until then.
+            if message_id not in self.awaiting_snapshot:
+                await self.request_snapshot(message_id)
+            return
+        if event["end"] <= offset:
+            return  # already on the page
+        if event["start"] != offset:
+            # A frame was lost (or overlaps): start again from a snapshot.
+            await self.request_snapshot(message_id)
+            return
+        self.offsets[message_id] = event["end"]
+        await self.send(event["html"])
+
+    async def reply_snapshot(self, event):
+        message_id = event["message_id"]
+        self.awaiting_snapshot.discard(message_id)
+        self.offsets[message_id] = event["offset"]
+        await self.send(event["html"])
+
+    async def reply_finished(self, event):
+        self.offsets.pop(event["message_id"], None)
+        self.awaiting_snapshot.discard(event["message_id"])
+        await self.send(event["html"])
+
+
+def max_frame_chars() -> int:
+    # Room for the JSON around the longest allowed message (escapes can double it).
+    return settings.CHAT_MAX_MESSAGE_CHARS * 2 + 4096
+
+
+# --- database work, in small named helpers -----------------------------------
+
+
+@database_sync_to_async
+def get_conversation(user, conversation_id) -> Conversation | None:
+    return Conversation.objects.owned_by(user).filter(pk=conversation_id).first()
+
+
+@database_sync_to_async
+def has_streaming_reply(conversation_id: int) -> bool:
+    return Message.objects.filter(conversation_id=conversation_id).streaming().exists()
+
+
+@database_sync_to_async
+def begin_reply(conversation_id: int, content: str, model: str):
+    """Store the user's message and the reply's row (status streaming) together.
+
+    The database's one-streaming-reply constraint decides races between tabs
+    and processes; the loser stores nothing.
+    """
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            conversation = Conversation.objects.get(pk=conversation_id)
+            sent = Message.objects.create(
+                conversation=conversation,
+                role=Message.Role.USER,
+                content=content,
+                status=Message.Status.COMPLETE,
+                finished_at=now,
+            )
+            reply = Message.objects.create(
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.STREAMING,
+                model=model,
+            )
+            conversation.updated_at = now
+            fields = ["updated_at"]
+            if not conversation.title:
+                conversation.title = " ".join(content.split())[:80]
+                fields.append("title")
+            if not conversation.model:
+                conversation.model = model
+                fields.append("model")
+            conversation.save(update_fields=fields)
+            prompt = conversation.prompt()
+    except IntegrityError as error:
+        raise ReplyInProgress from error
+    return sent, reply, prompt
+
+
+@database_sync_to_async
+def load_sync_state(conversation_id: int, since: int):
+    messages = Message.objects.filter(conversation_id=conversation_id)
+    newer = list(messages.filter(pk__gt=since))
+    last = messages.filter(pk__lte=since).order_by("-pk").first()
+    last_finished = last if last is not None and not last.is_streaming else None
+    streaming = list(messages.streaming().values_list("pk", flat=True))
+    return newer, last_finished, streaming

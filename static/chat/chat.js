@@ -1,0 +1,87 @@
+// The conversation page: Enter to send, composer state, catch-up after (re)connecting.
+// No inline scripts anywhere, so the Content-Security-Policy can forbid them.
+(function () {
+  "use strict";
+
+  var lastSent = "";
+
+  function composer() { return document.getElementById("composer"); }
+  function textarea() { return document.getElementById("composer-content"); }
+
+  function lastMessageId() {
+    var max = 0;
+    document.querySelectorAll("#messages [data-message-id]").forEach(function (el) {
+      max = Math.max(max, parseInt(el.getAttribute("data-message-id"), 10) || 0);
+    });
+    return max;
+  }
+
+  function nearBottom() {
+    var doc = document.scrollingElement || document.documentElement;
+    return doc.scrollHeight - doc.scrollTop - doc.clientHeight < 120;
+  }
+
+  function scrollToBottom() {
+    var doc = document.scrollingElement || document.documentElement;
+    doc.scrollTop = doc.scrollHeight;
+  }
+
+  // Enter sends, Shift+Enter makes a new line (and IME composition is left alone).
+  document.addEventListener("keydown", function (event) {
+    if (event.target !== textarea() || event.key !== "Enter") return;
+    if (event.shiftKey || event.isComposing || event.keyCode === 229) return;
+    event.preventDefault();
+    if (textarea().value.trim() === "") return;
+    composer().requestSubmit();
+  });
+
+  // Empty the composer once the message is on its way; keep a copy in case it is refused.
+  document.addEventListener("htmx:wsAfterSend", function (event) {
+    if (event.target !== composer()) return;
+    lastSent = textarea().value;
+    textarea().value = "";
+    document.getElementById("notices").innerHTML = "";
+  });
+
+  var stickToBottom = true;
+  document.addEventListener("htmx:wsBeforeMessage", function () {
+    stickToBottom = nearBottom();
+  });
+
+  document.addEventListener("htmx:wsAfterMessage", function () {
+    var refused = document.querySelector("#notices [data-refused='send']");
+    if (refused) {
+      refused.removeAttribute("data-refused");
+      if (textarea() && textarea().value === "" && lastSent) textarea().value = lastSent;
+      lastSent = "";
+    }
+    if (stickToBottom) scrollToBottom();
+  });
+
+  // After every (re)connect, ask for what the page missed while it was away.
+  document.addEventListener("htmx:wsOpen", function (event) {
+    document.getElementById("connection").hidden = true;
+    var message = JSON.stringify({ action: "sync", since: lastMessageId() });
+    event.detail.socketWrapper.send(message, null);
+  });
+
+  document.addEventListener("htmx:wsClose", function (event) {
+    var code = event.detail.event.code;
+    var banner = document.getElementById("connection");
+    if (!banner) return;
+    if (code === 4401) {
+      banner.textContent = "You are logged out. Reload the page to log in again.";
+    } else if (code === 4404) {
+      banner.textContent = "This conversation no longer exists.";
+    } else {
+      banner.textContent = "Connection lost. Reconnecting…";
+      // htmx reconnects by itself only after abnormal closes; a server restart says "going away".
+      if (code === 1001 || code === 1000) {
+        setTimeout(function () { event.detail.socketWrapper.reconnect(); }, 500);
+      }
+    }
+    banner.hidden = false;
+  });
+
+  document.addEventListener("DOMContentLoaded", scrollToBottom);
+})();

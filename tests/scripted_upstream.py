@@ -1,0 +1,118 @@
+"""Scripted OpenAI-compatible upstreams for the tests, on the project's own loopback server.
+
+Each function returns a handler for :class:`conversations.demo.ChatCompletionsServer`.
+"""
+
+import asyncio
+import json
+
+from conversations.demo import Exchange, chunk
+
+
+def tokens(count: int, word: str = "tok") -> list[str]:
+    return [f"{word}{i} " for i in range(count)]
+
+
+def text_stream(
+    pieces: list[str],
+    *,
+    delay: float = 0.0,
+    finish_reason: str = "stop",
+    usage: bool = True,
+    hold: asyncio.Event | None = None,
+):
+    """Streams ``pieces`` as content deltas, then finish_reason, usage and [DONE].
+
+    ``hold``: wait for this event after the first piece (to act mid-reply).
+    """
+
+    async def handler(exchange: Exchange) -> None:
+        request = exchange.json
+        model = request.get("model", "test-model")
+        await exchange.start()
+        await exchange.send_event(chunk("c1", model, {"role": "assistant", "content": ""}))
+        for index, piece in enumerate(pieces):
+            await exchange.send_event(chunk("c1", model, {"content": piece}))
+            if index == 0 and hold is not None:
+                await hold.wait()
+            if delay:
+                await asyncio.sleep(delay)
+        await exchange.send_event(chunk("c1", model, {}, finish_reason))
+        if usage and (request.get("stream_options") or {}).get("include_usage"):
+            counts = {"prompt_tokens": 7, "completion_tokens": len(pieces)}
+            counts["total_tokens"] = 7 + len(pieces)
+            await exchange.send_event(chunk("c1", model, usage=counts))
+        await exchange.send_event("[DONE]")
+
+    return handler
+
+
+def cut_stream(pieces: list[str]):
+    """Streams ``pieces`` and then drops the connection: no finish_reason, no [DONE]."""
+
+    async def handler(exchange: Exchange) -> None:
+        await exchange.start()
+        for piece in pieces:
+            await exchange.send_event(chunk("c1", "m", {"content": piece}))
+        await asyncio.sleep(0.05)
+        exchange.abort()
+
+    return handler
+
+
+def error_after(pieces: list[str], message: str):
+    """Streams ``pieces``, then an error object inside the 200 stream."""
+
+    async def handler(exchange: Exchange) -> None:
+        await exchange.start()
+        for piece in pieces:
+            await exchange.send_event(chunk("c1", "m", {"content": piece}))
+        await exchange.send_event({"error": {"message": message, "type": "server_error"}})
+
+    return handler
+
+
+def status_error(status: int, message: str):
+    """Answers with a non-2xx status and an OpenAI-shaped error body."""
+
+    async def handler(exchange: Exchange) -> None:
+        await exchange.respond_json(status, {"error": {"message": message, "type": "error"}})
+
+    return handler
+
+
+def tool_call_stream():
+    async def handler(exchange: Exchange) -> None:
+        await exchange.start()
+        call = {"index": 0, "id": "call_1", "type": "function"}
+        call["function"] = {"name": "get_weather", "arguments": ""}
+        await exchange.send_event(chunk("c1", "m", {"tool_calls": [call]}))
+        for piece in ('{"city": ', '"Paris"}'):
+            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+            await exchange.send_event(chunk("c1", "m", delta))
+        await exchange.send_event(chunk("c1", "m", {}, "tool_calls"))
+        await exchange.send_event("[DONE]")
+
+    return handler
+
+
+def requests_of(server) -> list[dict]:
+    return [json.loads(e.body) for e in server.exchanges if e.body]
+
+
+def by_message(scenarios: dict, default):
+    """Chooses the scenario by the last user message's first word, e.g. "fail-404 please".
+
+    Lets one long-running upstream (the browser tests') play every scenario.
+    """
+
+    async def handler(exchange: Exchange) -> None:
+        first_word = ""
+        if exchange.body:
+            messages = exchange.json.get("messages") or []
+            users = [m for m in messages if m.get("role") == "user"]
+            if users:
+                first_word = (str(users[-1].get("content") or "").split() or [""])[0]
+        await scenarios.get(first_word, default)(exchange)
+
+    return handler
