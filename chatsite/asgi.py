@@ -10,7 +10,10 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from conversations.replies import sweep_orphans_at_start  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
+
+sweep_orphans_at_start()
 
 application = ProtocolTypeRouter(
     {

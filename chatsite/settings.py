@@ -180,3 +180,14 @@ CHAT_UPSTREAM_IDLE_TIMEOUT = env_float("CHAT_UPSTREAM_IDLE_TIMEOUT", 60.0)
 CHAT_FLUSH_INTERVAL = env_float("CHAT_FLUSH_INTERVAL", 0.025)
 # A user message longer than this (characters) is refused before anything is stored.
 CHAT_MAX_MESSAGE_CHARS = int(env("CHAT_MAX_MESSAGE_CHARS", "32000"))
+# No reply runs longer than this many seconds in all (retries included).
+CHAT_REPLY_TIMEOUT = env_float("CHAT_REPLY_TIMEOUT", 600.0)
+# A busy or failing upstream (408, 409, 429, 5xx, no connection) is retried before
+# the first token only: at most this many attempts, waiting at most this long in all.
+CHAT_RETRY_ATTEMPTS = int(env("CHAT_RETRY_ATTEMPTS", "4"))
+CHAT_RETRY_BASE_DELAY = env_float("CHAT_RETRY_BASE_DELAY", 1.0)
+CHAT_RETRY_MAX_WAIT = env_float("CHAT_RETRY_MAX_WAIT", 30.0)
+# A streaming reply saves its text this often (seconds), so a crash loses at most that.
+CHAT_CHECKPOINT_INTERVAL = env_float("CHAT_CHECKPOINT_INTERVAL", 2.0)
+# A streaming row not checkpointed for this long has lost its process: it is interrupted.
+CHAT_ORPHAN_AFTER = env_float("CHAT_ORPHAN_AFTER", 10.0)

@@ -9,6 +9,7 @@ the offsets on each frame so its page gets every character exactly once,
 however late it joined.
 """
 
+import asyncio
 import json
 import logging
 
@@ -29,8 +30,18 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 
 
+BUSY = (
+    "A reply is still being written in this conversation. "
+    "Wait for it to finish or stop it, then send again."
+)
+
+
 class ReplyInProgress(Exception):
     pass
+
+
+class ActionRefused(Exception):
+    """An action that cannot apply; its text is shown to the user."""
 
 
 class ConversationConsumer(AsyncWebsocketConsumer):
@@ -51,10 +62,13 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         # A message with no entry waits for a snapshot before it gets frames.
         self.offsets: dict[int, int] = {}
         self.awaiting_snapshot: set[int] = set()
+        self.orphan_check: asyncio.Task | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code):
+        if getattr(self, "orphan_check", None) is not None:
+            self.orphan_check.cancel()
         if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -81,6 +95,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             "send": self.send_message,
             "stop": self.stop_reply,
             "sync": self.sync,
+            "continue": self.continue_reply,
+            "regenerate": self.regenerate_reply,
         }.get(action)
         if handler is None:
             await self.notify(f"Unknown action {str(action)[:40]!r}.")
@@ -103,11 +119,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         try:
             sent, reply, prompt = await begin_reply(self.conversation.pk, content, model)
         except ReplyInProgress:
-            await self.notify(
-                "A reply is still being written in this conversation. "
-                "Wait for it to finish or stop it, then send again.",
-                refused="send",
-            )
+            await self.notify(BUSY, refused="send")
             return
         await self.channel_layer.group_send(
             self.group,
@@ -120,6 +132,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await replies.start_reply(reply, prompt)
 
     async def stop_reply(self, data):
+        if await sweep_orphans(self.conversation.pk):
+            return  # its process is gone: it was ended as interrupted, and the page told
         if not await has_streaming_reply(self.conversation.pk):
             await self.notify("There is no reply to stop.", level="info")
             return
@@ -127,10 +141,55 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             replies.control_group_name(self.conversation.pk), {"type": "reply.stop"}
         )
 
+    async def continue_reply(self, data):
+        """Carry on writing an interrupted, stopped or length-cut reply into the same message."""
+        try:
+            reply, prompt = await reopen_reply(self.conversation.pk, message_id_of(data))
+        except ReplyInProgress:
+            await self.notify(BUSY)
+            return
+        except ActionRefused as refusal:
+            await self.notify(str(refusal))
+            return
+        await self.channel_layer.group_send(
+            self.group,
+            {
+                "type": "message.resumed",
+                "reply_id": reply.pk,
+                "offset": len(reply.content),
+                "html": message_html(reply),
+            },
+        )
+        await replies.start_reply(reply, prompt)
+
+    async def regenerate_reply(self, data):
+        """Replace the latest reply with a new one written from the same history."""
+        model = self.conversation.model or await replies.default_model()
+        try:
+            old_id, reply, prompt = await replace_reply(
+                self.conversation.pk, message_id_of(data), model
+            )
+        except ReplyInProgress:
+            await self.notify(BUSY)
+            return
+        except ActionRefused as refusal:
+            await self.notify(str(refusal))
+            return
+        await self.channel_layer.group_send(
+            self.group,
+            {
+                "type": "message.created",
+                "reply_id": reply.pk,
+                "html": removed_html(old_id) + append_messages_html([reply]),
+            },
+        )
+        await replies.start_reply(reply, prompt)
+
     async def sync(self, data):
         """Bring a (re)connected page up to date: messages it lacks, and live snapshots."""
         since = data.get("since")
         since = since if isinstance(since, int) and not isinstance(since, bool) else 0
+        await sweep_orphans(self.conversation.pk)
         newer, last_finished, streaming = await load_sync_state(self.conversation.pk, since)
         if newer:
             await self.send(append_messages_html(newer))
@@ -146,6 +205,24 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             replies.control_group_name(self.conversation.pk),
             {"type": "reply.sync", "reply_to": self.channel_name},
         )
+        # No answer means the reply's process may be gone: check again once it would be stale.
+        if self.orphan_check is None or self.orphan_check.done():
+            self.orphan_check = asyncio.create_task(self.check_orphans_later())
+
+    async def check_orphans_later(self):
+        await asyncio.sleep(settings.CHAT_ORPHAN_AFTER + settings.CHAT_CHECKPOINT_INTERVAL)
+        if not self.awaiting_snapshot:
+            return
+        if await sweep_orphans(self.conversation.pk):
+            for message in await load_messages(self.awaiting_snapshot):
+                await self.channel_layer.group_send(
+                    self.group,
+                    {
+                        "type": "reply.finished",
+                        "message_id": message.pk,
+                        "html": message_html(message),
+                    },
+                )
 
     async def notify(self, text: str, level: str = "error", refused: str = ""):
         await self.send(notice_html(text, level, refused))
@@ -154,6 +231,11 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
     async def message_created(self, event):
         self.offsets[event["reply_id"]] = 0
+        await self.send(event["html"])
+
+    async def message_resumed(self, event):
+        self.offsets[event["reply_id"]] = event["offset"]
+        self.awaiting_snapshot.discard(event["reply_id"])
         await self.send(event["html"])
 
     async def reply_delta(self, event):
@@ -179,10 +261,24 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         self.offsets[message_id] = event["offset"]
         await self.send(event["html"])
 
+    async def reply_status(self, event):
+        await self.send(event["html"])
+
     async def reply_finished(self, event):
         self.offsets.pop(event["message_id"], None)
         self.awaiting_snapshot.discard(event["message_id"])
         await self.send(event["html"])
+
+
+def message_id_of(data) -> int | None:
+    try:
+        return int(data.get("message_id"))
+    except (TypeError, ValueError):
+        return None
+
+
+def removed_html(message_id: int) -> str:
+    return f'<div id="turn-{message_id}" hx-swap-oob="delete"></div>'
 
 
 def max_frame_chars() -> int:
@@ -226,6 +322,7 @@ def begin_reply(conversation_id: int, content: str, model: str):
                 role=Message.Role.ASSISTANT,
                 status=Message.Status.STREAMING,
                 model=model,
+                checkpoint_at=now,
             )
             conversation.updated_at = now
             fields = ["updated_at"]
@@ -240,6 +337,72 @@ def begin_reply(conversation_id: int, content: str, model: str):
     except IntegrityError as error:
         raise ReplyInProgress from error
     return sent, reply, prompt
+
+
+CONTINUE_INSTRUCTION = (
+    "Continue your previous reply exactly where it stopped. "
+    "Do not repeat anything you already wrote."
+)
+
+
+def latest_reply(conversation_id: int, message_id) -> Message:
+    last = Message.objects.filter(conversation_id=conversation_id).order_by("-pk").first()
+    if last is None or last.pk != message_id or last.role != Message.Role.ASSISTANT:
+        raise ActionRefused("Only the latest reply can be continued or regenerated.")
+    if last.is_streaming:
+        raise ReplyInProgress
+    return last
+
+
+@database_sync_to_async
+def reopen_reply(conversation_id: int, message_id):
+    """Put the latest reply back to streaming; the prompt asks the model to carry on."""
+    reply = latest_reply(conversation_id, message_id)
+    if not reply.can_continue:
+        raise ActionRefused("This reply is complete; there is nothing to continue.")
+    try:
+        with transaction.atomic():
+            if not reply.reopen():
+                raise ReplyInProgress
+    except IntegrityError as error:
+        raise ReplyInProgress from error
+    # The history leaves out streaming rows, so the text so far is added back here.
+    prompt = reply.conversation.prompt()
+    prompt.append({"role": "assistant", "content": reply.content})
+    prompt.append({"role": "user", "content": CONTINUE_INSTRUCTION})
+    return reply, prompt
+
+
+@database_sync_to_async
+def replace_reply(conversation_id: int, message_id, model: str):
+    """Delete the latest reply and start a new streaming row for the same history."""
+    old = latest_reply(conversation_id, message_id)
+    try:
+        with transaction.atomic():
+            deleted, _ = Message.objects.filter(pk=old.pk).exclude(status="streaming").delete()
+            if not deleted:
+                raise ReplyInProgress
+            reply = Message.objects.create(
+                conversation_id=conversation_id,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.STREAMING,
+                model=model,
+                checkpoint_at=timezone.now(),
+            )
+            prompt = reply.conversation.prompt()
+    except IntegrityError as error:
+        raise ReplyInProgress from error
+    return old.pk, reply, prompt
+
+
+@database_sync_to_async
+def sweep_orphans(conversation_id: int) -> int:
+    return replies.sweep_orphans(conversation_id)
+
+
+@database_sync_to_async
+def load_messages(ids) -> list[Message]:
+    return list(Message.objects.filter(pk__in=list(ids)))
 
 
 @database_sync_to_async

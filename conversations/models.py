@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -64,6 +66,21 @@ class MessageQuerySet(models.QuerySet):
     def streaming(self):
         return self.filter(status=Message.Status.STREAMING)
 
+    def orphaned(self, *, running=(), stale_after: float = 0.0):
+        """Streaming rows whose reply task is gone: not running here, no checkpoint for a while."""
+        cutoff = timezone.now() - timedelta(seconds=stale_after)
+        return (
+            self.streaming()
+            .exclude(pk__in=list(running))
+            .filter(Q(checkpoint_at__lte=cutoff) | Q(checkpoint_at__isnull=True))
+        )
+
+    def interrupt(self, error: str) -> int:
+        """End streaming rows as interrupted, keeping their (checkpointed) text."""
+        return self.streaming().update(
+            status=Message.Status.INTERRUPTED, error=error, finished_at=timezone.now()
+        )
+
     def for_prompt(self):
         """The history sent upstream: finished messages that have text, oldest first.
 
@@ -103,6 +120,9 @@ class Message(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # While streaming: when the reply task last saved its text. A streaming row whose
+    # checkpoint is old has lost its task (the process died) and is an orphan.
+    checkpoint_at = models.DateTimeField(null=True, blank=True)
 
     objects = MessageQuerySet.as_manager()
 
@@ -172,6 +192,36 @@ class Message(models.Model):
         Message.objects.filter(pk=self.pk, status=self.Status.STREAMING).update(
             **{name: getattr(self, name) for name in fields}
         )
+
+    def checkpoint(self, content: str) -> None:
+        """Save the text so far while streaming; also shows the reply task is alive."""
+        self.content = content
+        self.checkpoint_at = timezone.now()
+        Message.objects.filter(pk=self.pk, status=self.Status.STREAMING).update(
+            content=content, checkpoint_at=self.checkpoint_at
+        )
+
+    def reopen(self) -> bool:
+        """Put an ended reply back to streaming, to continue it. False if it changed meanwhile.
+
+        Raises IntegrityError when another reply of the conversation is streaming.
+        """
+        now = timezone.now()
+        reopened = Message.objects.filter(pk=self.pk, status=self.status).update(
+            status=self.Status.STREAMING, error="", finished_at=None, checkpoint_at=now
+        )
+        if reopened:
+            self.status, self.error, self.finished_at = self.Status.STREAMING, "", None
+            self.checkpoint_at = now
+        return bool(reopened)
+
+    @property
+    def can_continue(self) -> bool:
+        """A reply that ended early can be continued where it stopped."""
+        if self.role != self.Role.ASSISTANT or not self.content:
+            return False
+        early = self.status in (self.Status.INTERRUPTED, self.Status.STOPPED)
+        return early or self.finish_reason == "length"
 
     def to_openai(self) -> dict:
         return {"role": self.role, "content": self.content}

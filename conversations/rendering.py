@@ -33,6 +33,11 @@ def message_html(message, **context) -> str:
     return render_to_string(f"{PAGE}#message", {"message": message, **context})
 
 
+def footer_html(message, notice: str = "") -> str:
+    """The line under a reply: streaming indicator, retry notice, how it ended, usage."""
+    return render_to_string(f"{PAGE}#footer", {"message": message, "notice": notice})
+
+
 def delta_html(message_id: int, appended: str, tail: str) -> str:
     """An out-of-band fragment that extends a streaming message in place."""
     html = ""

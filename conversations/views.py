@@ -2,6 +2,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST, require_safe
 
+from . import replies
 from .models import Conversation, model_label
 
 
@@ -27,6 +28,7 @@ def conversation_create(request):
 @login_required
 def conversation_detail(request, pk):
     conversation = get_object_or_404(Conversation.objects.owned_by(request.user), pk=pk)
+    replies.sweep_orphans(conversation.pk)
     messages = list(conversation.messages.all())
     return render(
         request,

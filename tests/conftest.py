@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 from channels.layers import channel_layers
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
-from scripted_upstream import by_message, cut_stream, status_error
+from scripted_upstream import by_message, cut_stream, paced_words, status_error
 
 from conversations.demo import ChatCompletionsServer, DemoModel, ServerThread
 from conversations.models import Conversation
@@ -18,6 +19,7 @@ from conversations.routing import websocket_urlpatterns
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+LONG_REPLY_TOKENS = 600
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +104,7 @@ class LiveSite:
     username = "reader"
     password = "a long test password"
 
-    def __init__(self, tmp: Path, upstream_url: str):
+    def __init__(self, tmp: Path, upstream_url: str, **env: str):
         self.tmp = tmp
         self.db_path = tmp / "site.sqlite3"
         self.port = free_port()
@@ -118,6 +120,7 @@ class LiveSite:
             "DJANGO_SUPERUSER_USERNAME": self.username,
             "DJANGO_SUPERUSER_PASSWORD": self.password,
             "DJANGO_SUPERUSER_EMAIL": "reader@example.com",
+            **env,
         }
         self.process: subprocess.Popen | None = None
 
@@ -133,7 +136,11 @@ class LiveSite:
     def start(self) -> "LiveSite":
         self.manage("migrate", "--noinput")
         self.manage("createsuperuser", "--noinput")
-        self.log = open(self.tmp / "daphne.log", "wb")  # noqa: SIM115
+        return self.launch()
+
+    def launch(self) -> "LiveSite":
+        """Start Daphne (again) on the same port and database."""
+        self.log = open(self.tmp / "daphne.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -153,13 +160,15 @@ class LiveSite:
         wait_for_port(self.port)
         return self
 
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
             try:
-                self.process.wait(10)
+                self.process.wait(15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
+        if self.process is not None:
             self.log.close()
 
     def query(self, sql: str, params=()) -> list[tuple]:
@@ -173,6 +182,8 @@ def live_upstream():
     scenarios = {
         "fail-404": status_error(404, "The model `scripted-model` does not exist"),
         "cut-stream": cut_stream(["Half ", "a reply"]),
+        # About 12 seconds of numbered words, to act on a reply in progress.
+        "long-reply": paced_words(LONG_REPLY_TOKENS, tokens_per_second=50),
     }
     thread = ServerThread(by_message(scenarios, DemoModel(tokens_per_second=40))).start()
     yield thread

@@ -47,6 +47,32 @@ def text_stream(
     return handler
 
 
+def numbered_words(count: int) -> list[str]:
+    """Distinct words, so a gap or a duplicate anywhere in a reply shows."""
+    return [f"w{i:04d} " for i in range(1, count + 1)]
+
+
+def paced_words(count: int, tokens_per_second: float):
+    """Streams ``numbered_words(count)`` at a steady pace, as a real model would."""
+
+    async def handler(exchange: Exchange) -> None:
+        request = exchange.json
+        await exchange.start()
+        started = asyncio.get_running_loop().time()
+        for index, word in enumerate(numbered_words(count)):
+            wait = started + index / tokens_per_second - asyncio.get_running_loop().time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await exchange.send_event(chunk("c1", "m", {"content": word}))
+        await exchange.send_event(chunk("c1", "m", {}, "stop"))
+        if (request.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 3, "completion_tokens": count, "total_tokens": count + 3}
+            await exchange.send_event(chunk("c1", "m", usage=usage))
+        await exchange.send_event("[DONE]")
+
+    return handler
+
+
 def cut_stream(pieces: list[str]):
     """Streams ``pieces`` and then drops the connection: no finish_reason, no [DONE]."""
 
@@ -72,11 +98,37 @@ def error_after(pieces: list[str], message: str):
     return handler
 
 
-def status_error(status: int, message: str):
+def status_error(status: int, message: str, headers: dict | None = None):
     """Answers with a non-2xx status and an OpenAI-shaped error body."""
 
     async def handler(exchange: Exchange) -> None:
-        await exchange.respond_json(status, {"error": {"message": message, "type": "error"}})
+        body = {"error": {"message": message, "type": "error"}}
+        await exchange.respond_json(status, body, headers)
+
+    return handler
+
+
+def silent(hold: asyncio.Event):
+    """Accepts the request and sends nothing until ``hold`` is set, then a short reply."""
+
+    async def handler(exchange: Exchange) -> None:
+        await exchange.start()
+        await hold.wait()
+        await exchange.send_event(chunk("c1", "m", {"content": "late"}, "stop"))
+        await exchange.send_event("[DONE]")
+
+    return handler
+
+
+def sequence(*handlers):
+    """The n-th request gets the n-th handler; the last one answers every request after."""
+    count = 0
+
+    async def handler(exchange: Exchange) -> None:
+        nonlocal count
+        chosen = handlers[min(count, len(handlers) - 1)]
+        count += 1
+        await chosen(exchange)
 
     return handler
 

@@ -1,9 +1,11 @@
 """The site in headless Chromium: Daphne in its own process, a scripted upstream on loopback."""
 
+import random
 import time
 
 import pytest
-from conftest import log_in
+from conftest import LONG_REPLY_TOKENS, log_in
+from scripted_upstream import numbered_words
 
 from conversations.demo import demo_reply_text
 
@@ -111,3 +113,95 @@ def test_pages_need_a_login(page, live_site):
     assert "/accounts/login/" in page.url
     assert page.locator("input[name=username]").is_visible()
     assert page.locator("input[name=password]").is_visible()
+
+
+# --- replies outlive their sockets --------------------------------------------------
+
+LONG_TEXT = "".join(numbered_words(LONG_REPLY_TOKENS)).strip()
+
+
+def send_message(page, text):
+    composer = page.locator("textarea[name=content]")
+    composer.fill(text)
+    composer.press("Enter")
+
+
+def reply_text(page) -> str:
+    return page.locator("[data-role=assistant]").last.inner_text()
+
+
+def reply_status(page) -> str | None:
+    return page.locator("[data-role=assistant]").last.get_attribute("data-status")
+
+
+def wait_for_text(page, length: int) -> None:
+    page.wait_for_function(
+        "n => { const m = [...document.querySelectorAll('[data-role=assistant]')].pop();"
+        " return m && m.innerText.length >= n; }",
+        arg=length,
+    )
+
+
+def test_reloads_mid_reply_lose_and_duplicate_nothing(page, live_site):
+    start_conversation(page, live_site)
+    send_message(page, "long-reply please")
+    rng = random.Random(7)
+    seen = []
+    for _ in range(10):
+        page.locator("[data-role=assistant]").last.wait_for()
+        time.sleep(rng.uniform(0.1, 0.9))
+        text = reply_text(page)
+        assert LONG_TEXT.startswith(text.strip()), "the page showed a gap or a duplicate"
+        seen.append(len(text))
+        page.reload()
+        page.wait_for_function("document.getElementById('connection').hidden")
+    assert reply_status(page) == "streaming", "the reply ended before the tenth reload"
+    assert max(seen) > 0
+    page.locator("[data-role=assistant][data-status=complete]").wait_for(timeout=30_000)
+    assert reply_text(page).strip() == LONG_TEXT
+    (stored,) = live_site.query(
+        "SELECT content FROM conversations_message WHERE role = 'assistant' "
+        "ORDER BY id DESC LIMIT 1"
+    )
+    assert stored[0].strip() == LONG_TEXT
+
+
+def test_stop_keeps_the_text_and_closes_the_upstream(page, live_site, live_upstream):
+    start_conversation(page, live_site)
+    send_message(page, "long-reply please")
+    wait_for_text(page, 60)
+    exchange = live_upstream.server.exchanges[-1]
+    page.get_by_role("button", name="Stop").click()
+    page.locator("[data-role=assistant][data-status=stopped]").wait_for(timeout=5_000)
+    deadline = time.monotonic() + 1.0
+    while not exchange.disconnected.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert exchange.disconnected.is_set(), "the upstream request was not closed within 1 s"
+    shown = reply_text(page)
+    shown = shown.strip()
+    assert LONG_TEXT.startswith(shown) and len(shown) > 0
+    (stored,) = live_site.query(
+        "SELECT content, status FROM conversations_message ORDER BY id DESC LIMIT 1"
+    )
+    assert (stored[0].strip(), stored[1]) == (shown, "stopped")
+    assert page.get_by_role("button", name="Continue").is_visible()
+
+
+def test_two_tabs_share_one_live_reply(browser, live_site):
+    context = browser.new_context(base_url=live_site.url)
+    first = context.new_page()
+    start_conversation(first, live_site)
+    second = context.new_page()
+    second.goto(first.url)
+    second.wait_for_function("document.getElementById('connection').hidden")
+
+    send_message(first, "long-reply please")
+    wait_for_text(second, 30)  # the second tab sees the reply the first one started
+    send_message(second, "a second message")
+    second.get_by_role("alert").filter(has_text="still being written").wait_for()
+    second.get_by_role("button", name="Stop").click()
+    for tab in (first, second):
+        tab.locator("[data-role=assistant][data-status=stopped]").wait_for(timeout=5_000)
+    assert reply_text(first) == reply_text(second)
+    assert first.locator("[data-role=user]").count() == 1
+    context.close()

@@ -1,8 +1,6 @@
 """The websocket consumer and the reply task, against a scripted upstream on loopback."""
 
 import asyncio
-import json
-import re
 
 import pytest
 from channels.db import database_sync_to_async
@@ -16,43 +14,12 @@ from scripted_upstream import (
     tokens,
     tool_call_stream,
 )
+from sockets import ends_reply, messages_of, receive_until, send, text_of
 
 from conversations import replies
 from conversations.models import Message
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-async def receive_until(communicator, predicate, seconds=5.0) -> list[str]:
-    """Collect frames until one satisfies ``predicate``; return them all."""
-    frames = []
-    async with asyncio.timeout(seconds):
-        while True:
-            frame = await communicator.receive_from(seconds)
-            frames.append(frame)
-            if predicate(frame):
-                return frames
-
-
-def ends_reply(frame: str) -> bool:
-    return 'data-role="assistant"' in frame and 'data-status="streaming"' not in frame
-
-
-def text_of(frames: list[str]) -> str:
-    """The reply's text as the page has it after applying the delta frames."""
-    pieces = re.findall(
-        r'<div hx-swap-oob="beforeend:#message-\d+-text">(.*?)</div>', "".join(frames), re.S
-    )
-    return "".join(pieces)
-
-
-@database_sync_to_async
-def messages_of(conversation):
-    return list(conversation.messages.order_by("pk"))
-
-
-async def send(communicator, **data):
-    await communicator.send_to(text_data=json.dumps(data))
 
 
 async def test_a_message_streams_a_reply_that_is_stored_once(

@@ -1,0 +1,358 @@
+"""The reply task's lifecycle: retries, timeouts, stop, checkpoints, continue, shutdown, orphans."""
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from channels.db import database_sync_to_async
+from django.utils import timezone
+from scripted_upstream import (
+    cut_stream,
+    error_after,
+    requests_of,
+    sequence,
+    silent,
+    status_error,
+    text_stream,
+)
+from sockets import ends_reply, messages_of, receive_until, send, text_of
+
+from conversations import replies
+from conversations.models import Message
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(settings):
+    settings.CHAT_RETRY_ATTEMPTS = 3
+    settings.CHAT_RETRY_BASE_DELAY = 0.02
+    settings.CHAT_RETRY_MAX_WAIT = 5.0
+
+
+async def reply_to(socket, content="hi", seconds=10.0):
+    await send(socket, action="send", content=content)
+    return await receive_until(socket, ends_reply, seconds=seconds)
+
+
+# --- retries ------------------------------------------------------------------
+
+
+async def test_a_busy_upstream_is_retried_honouring_retry_after(
+    start_upstream, conversation, user, connect
+):
+    busy = status_error(429, "Rate limit reached", {"Retry-After": "0.2"})
+    server = await start_upstream(sequence(busy, busy, text_stream(["Finally"])))
+    socket = await connect(conversation, user)
+    started = asyncio.get_running_loop().time()
+    frames = await reply_to(socket)
+    elapsed = asyncio.get_running_loop().time() - started
+
+    assert len(server.exchanges) == 3
+    assert elapsed >= 0.4  # waited as the upstream asked, twice
+    notices = [f for f in frames if "Retrying in" in f]
+    assert notices and "Rate limit reached" in notices[0] and "429" in notices[0]
+    assert 'data-status="complete"' in frames[-1]
+    reply = (await messages_of(conversation))[-1]
+    assert (reply.status, reply.content) == (Message.Status.COMPLETE, "Finally")
+    await socket.disconnect()
+
+
+async def test_retries_are_bounded_and_the_last_error_is_shown(
+    start_upstream, conversation, user, connect
+):
+    server = await start_upstream(status_error(503, "Model is loading"))
+    socket = await connect(conversation, user)
+    frames = await reply_to(socket)
+    assert len(server.exchanges) == 3  # CHAT_RETRY_ATTEMPTS
+    assert 'data-status="failed"' in frames[-1]
+    assert "Model is loading" in frames[-1]
+    await socket.disconnect()
+
+
+async def test_a_retry_after_beyond_the_wait_limit_is_not_waited_for(
+    start_upstream, conversation, user, connect
+):
+    server = await start_upstream(status_error(429, "Slow down", {"Retry-After": "3600"}))
+    socket = await connect(conversation, user)
+    frames = await reply_to(socket)
+    assert len(server.exchanges) == 1
+    assert "Slow down" in frames[-1]
+    await socket.disconnect()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_rejected_key_is_not_retried_and_says_so(
+    start_upstream, conversation, user, connect, status
+):
+    server = await start_upstream(status_error(status, "Incorrect API key provided"))
+    socket = await connect(conversation, user)
+    frames = await reply_to(socket)
+    assert len(server.exchanges) == 1
+    assert "API key" in frames[-1]
+    assert 'data-status="failed"' in frames[-1]
+    await socket.disconnect()
+
+
+async def test_an_unknown_model_is_named(start_upstream, conversation, user, connect):
+    server = await start_upstream(status_error(404, "Not Found"))
+    socket = await connect(conversation, user)
+    frames = await reply_to(socket)
+    assert len(server.exchanges) == 1
+    assert "test-model" in frames[-1]
+    await socket.disconnect()
+
+
+async def test_nothing_is_retried_once_a_token_arrived(start_upstream, conversation, user, connect):
+    failing = error_after(["Some text"], "Internal server error")
+    server = await start_upstream(sequence(failing, text_stream(["duplicate!"])))
+    socket = await connect(conversation, user)
+    await reply_to(socket)
+    assert len(server.exchanges) == 1
+    reply = (await messages_of(conversation))[-1]
+    assert (reply.status, reply.content) == (Message.Status.FAILED, "Some text")
+    await socket.disconnect()
+
+
+async def test_connection_refused_is_retried_then_reported(conversation, user, connect, settings):
+    import socket as sockets
+
+    with sockets.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+    settings.OPENAI_BASE_URL = f"http://127.0.0.1:{port}/v1"
+    socket = await connect(conversation, user)
+    frames = await reply_to(socket)
+    assert any("Retrying in" in f for f in frames)
+    assert "connection refused" in frames[-1]
+    assert 'data-status="failed"' in frames[-1]
+    await socket.disconnect()
+
+
+# --- timeouts -------------------------------------------------------------------
+
+
+async def test_an_upstream_that_goes_quiet_is_interrupted(
+    start_upstream, conversation, user, connect, settings
+):
+    settings.CHAT_UPSTREAM_IDLE_TIMEOUT = 0.3
+    hold = asyncio.Event()
+    await start_upstream(text_stream(["Before the silence"], hold=hold))
+    socket = await connect(conversation, user)
+    frames = await reply_to(socket)
+    assert 'data-status="interrupted"' in frames[-1]
+    reply = (await messages_of(conversation))[-1]
+    assert (reply.status, reply.content) == (Message.Status.INTERRUPTED, "Before the silence")
+    hold.set()
+    await socket.disconnect()
+
+
+async def test_a_reply_has_an_overall_time_limit(
+    start_upstream, conversation, user, connect, settings
+):
+    settings.CHAT_REPLY_TIMEOUT = 0.5
+    await start_upstream(text_stream(["tick "] * 50, delay=0.05))
+    socket = await connect(conversation, user)
+    frames = await reply_to(socket)
+    assert "0.5-second limit" in frames[-1]
+    reply = (await messages_of(conversation))[-1]
+    assert reply.status == Message.Status.INTERRUPTED
+    assert reply.content.startswith("tick tick ")
+    assert reply.content == text_of(frames)
+    await socket.disconnect()
+
+
+# --- stop -------------------------------------------------------------------------
+
+
+async def test_stop_before_the_first_token(start_upstream, conversation, user, connect):
+    hold = asyncio.Event()
+    server = await start_upstream(silent(hold))
+    socket = await connect(conversation, user)
+    await send(socket, action="send", content="hi")
+    await receive_until(socket, lambda f: 'data-status="streaming"' in f)
+    await asyncio.sleep(0.1)  # the request has reached the upstream
+    await send(socket, action="stop")
+    frames = await receive_until(socket, ends_reply)
+    assert 'data-status="stopped"' in frames[-1]
+    await asyncio.wait_for(server.exchanges[0].disconnected.wait(), 1)
+    reply = (await messages_of(conversation))[-1]
+    assert (reply.status, reply.content) == (Message.Status.STOPPED, "")
+    hold.set()
+    await socket.disconnect()
+
+
+async def test_stop_from_another_tab(start_upstream, conversation, user, connect):
+    hold = asyncio.Event()
+    await start_upstream(text_stream(["Partial"], hold=hold))
+    writer = await connect(conversation, user)
+    other = await connect(conversation, user)
+    await send(writer, action="send", content="hi")
+    await receive_until(other, lambda f: "Partial" in f)
+    await send(other, action="stop")
+    for socket in (writer, other):
+        frames = await receive_until(socket, ends_reply)
+        assert 'data-status="stopped"' in frames[-1]
+    hold.set()
+    await writer.disconnect()
+    await other.disconnect()
+
+
+async def test_stop_with_nothing_streaming_says_so(start_upstream, conversation, user, connect):
+    socket = await connect(conversation, user)
+    await send(socket, action="stop")
+    assert "no reply to stop" in await socket.receive_from()
+    await socket.disconnect()
+
+
+# --- checkpoints, continue, regenerate --------------------------------------------
+
+
+async def test_a_long_reply_is_checkpointed_by_time(
+    start_upstream, conversation, user, connect, settings
+):
+    settings.CHAT_CHECKPOINT_INTERVAL = 0.1
+    hold = asyncio.Event()
+    await start_upstream(text_stream(["Saved so far", " and the rest"], hold=hold))
+    socket = await connect(conversation, user)
+    await send(socket, action="send", content="hi")
+    await receive_until(socket, lambda f: "Saved so far" in f)
+    await asyncio.sleep(0.35)
+    reply = (await messages_of(conversation))[-1]
+    assert (reply.status, reply.content) == (Message.Status.STREAMING, "Saved so far")
+    assert reply.checkpoint_at is not None
+    hold.set()
+    await receive_until(socket, ends_reply)
+    reply = (await messages_of(conversation))[-1]
+    assert (reply.status, reply.content) == (Message.Status.COMPLETE, "Saved so far and the rest")
+    await socket.disconnect()
+
+
+async def test_an_interrupted_reply_can_be_continued_in_place(
+    start_upstream, conversation, user, connect
+):
+    server = await start_upstream(
+        sequence(cut_stream(["Half ", "a reply"]), text_stream([", and the rest."]))
+    )
+    socket = await connect(conversation, user)
+    frames = await reply_to(socket)
+    assert "Continue" in frames[-1]
+    reply = (await messages_of(conversation))[-1]
+
+    await send(socket, action="continue", message_id=str(reply.pk))
+    frames = await receive_until(socket, ends_reply)
+    assert 'data-status="streaming"' in frames[0] and "Half a reply" in frames[0]
+    assert text_of(frames) == ", and the rest."
+    assert 'data-status="complete"' in frames[-1]
+
+    messages = await messages_of(conversation)
+    assert [m.content for m in messages] == ["hi", "Half a reply, and the rest."]
+    assert messages[-1].pk == reply.pk
+    prompt = requests_of(server)[1]["messages"]
+    assert prompt[-2] == {"role": "assistant", "content": "Half a reply"}
+    assert prompt[-1]["role"] == "user" and "Continue" in prompt[-1]["content"]
+    await socket.disconnect()
+
+
+async def test_a_complete_reply_cannot_be_continued(start_upstream, conversation, user, connect):
+    await start_upstream(text_stream(["Done."]))
+    socket = await connect(conversation, user)
+    await reply_to(socket)
+    reply = (await messages_of(conversation))[-1]
+    await send(socket, action="continue", message_id=reply.pk)
+    assert "nothing to continue" in await socket.receive_from()
+    await send(socket, action="continue", message_id="nonsense")
+    assert "Only the latest reply" in await socket.receive_from()
+    await socket.disconnect()
+
+
+async def test_regenerate_replaces_the_latest_reply(start_upstream, conversation, user, connect):
+    server = await start_upstream(sequence(text_stream(["First try"]), text_stream(["Second"])))
+    socket = await connect(conversation, user)
+    await reply_to(socket)
+    old = (await messages_of(conversation))[-1]
+    await send(socket, action="regenerate", message_id=old.pk)
+    frames = await receive_until(socket, ends_reply)
+    assert f'id="turn-{old.pk}" hx-swap-oob="delete"' in frames[0]
+    assert [m.content for m in await messages_of(conversation)] == ["hi", "Second"]
+    assert requests_of(server)[1]["messages"] == [{"role": "user", "content": "hi"}]
+    await socket.disconnect()
+
+
+# --- shutdown and orphans ----------------------------------------------------------
+
+
+async def test_shutdown_stores_running_replies_as_interrupted(
+    start_upstream, conversation, user, connect
+):
+    hold = asyncio.Event()
+    await start_upstream(text_stream(["Written before shutdown"], hold=hold))
+    socket = await connect(conversation, user)
+    await send(socket, action="send", content="hi")
+    await receive_until(socket, lambda f: "Written before shutdown" in f)
+    await replies.interrupt_all()
+    frames = await receive_until(socket, ends_reply)
+    assert 'data-status="interrupted"' in frames[-1]
+    reply = (await messages_of(conversation))[-1]
+    assert reply.status == Message.Status.INTERRUPTED
+    assert reply.content == "Written before shutdown"
+    assert reply.error == replies.SHUTDOWN_ERROR
+    assert replies.running == {}
+    hold.set()
+    await socket.disconnect()
+
+
+@database_sync_to_async
+def orphan(conversation, seconds_ago: float) -> Message:
+    return Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        content="Checkpointed text",
+        checkpoint_at=timezone.now() - timedelta(seconds=seconds_ago),
+    )
+
+
+async def test_an_orphaned_reply_is_interrupted_when_the_conversation_is_opened(
+    conversation, user, connect
+):
+    lost = await orphan(conversation, seconds_ago=60)
+    socket = await connect(conversation, user)
+    await send(socket, action="sync", since=lost.pk)
+    frame = await socket.receive_from()
+    assert f'id="message-{lost.pk}"' in frame and 'data-status="interrupted"' in frame
+    (stored,) = await messages_of(conversation)
+    assert (stored.status, stored.content) == (Message.Status.INTERRUPTED, "Checkpointed text")
+    assert stored.error == replies.ORPHAN_ERROR
+    await socket.disconnect()
+
+
+async def test_a_recent_orphan_is_found_once_its_checkpoint_is_stale(
+    conversation, user, connect, settings
+):
+    settings.CHAT_ORPHAN_AFTER = 0.3
+    settings.CHAT_CHECKPOINT_INTERVAL = 0.1
+    lost = await orphan(conversation, seconds_ago=0)
+    socket = await connect(conversation, user)
+    await send(socket, action="sync", since=lost.pk)
+    frames = await receive_until(socket, ends_reply, seconds=3)
+    assert 'data-status="interrupted"' in frames[-1]
+    await socket.disconnect()
+
+
+async def test_a_live_reply_is_never_taken_for_an_orphan(
+    start_upstream, conversation, user, connect, settings
+):
+    settings.CHAT_ORPHAN_AFTER = 0.2
+    settings.CHAT_CHECKPOINT_INTERVAL = 0.05
+    hold = asyncio.Event()
+    await start_upstream(text_stream(["alive"], hold=hold))
+    socket = await connect(conversation, user)
+    await send(socket, action="send", content="hi")
+    await receive_until(socket, lambda f: "alive" in f)
+    await asyncio.sleep(0.5)
+    assert await database_sync_to_async(replies.sweep_orphans)(conversation.pk) == 0
+    hold.set()
+    frames = await receive_until(socket, ends_reply)
+    assert 'data-status="complete"' in frames[-1]
+    await socket.disconnect()

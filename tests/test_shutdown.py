@@ -1,0 +1,87 @@
+"""The Daphne process stops mid-reply (SIGTERM) or dies (SIGKILL): no reply stays streaming."""
+
+import signal
+import time
+
+import pytest
+from conftest import LONG_REPLY_TOKENS, LiveSite, log_in
+from scripted_upstream import numbered_words
+
+pytestmark = pytest.mark.browser
+
+LONG_TEXT = "".join(numbered_words(LONG_REPLY_TOKENS)).strip()
+
+
+@pytest.fixture
+def own_site(tmp_path, live_upstream):
+    """A site of its own, since these tests stop its process."""
+    site = LiveSite(tmp_path, live_upstream.base_url, CHAT_CHECKPOINT_INTERVAL="0.5").start()
+    yield site
+    site.stop()
+
+
+def start_long_reply(browser, site):
+    context = browser.new_context(base_url=site.url)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    log_in(page, site)
+    page.get_by_role("button", name="New conversation").first.click()
+    page.wait_for_function("document.getElementById('connection').hidden")
+    page.locator("textarea[name=content]").fill("long-reply please")
+    page.locator("textarea[name=content]").press("Enter")
+    page.wait_for_function(
+        "() => { const m = document.querySelector('[data-role=assistant]');"
+        " return m && m.innerText.length > 200; }"
+    )
+    return context, page
+
+
+def last_reply(site):
+    (row,) = site.query(
+        "SELECT content, status, error FROM conversations_message "
+        "WHERE role = 'assistant' ORDER BY id DESC LIMIT 1"
+    )
+    return row
+
+
+def test_sigterm_stores_the_reply_as_interrupted_with_its_text(browser, own_site):
+    context, page = start_long_reply(browser, own_site)
+    shown = page.locator("[data-role=assistant]").inner_text()
+    own_site.stop(signal.SIGTERM)
+
+    content, status, error = last_reply(own_site)
+    assert status == "interrupted"
+    assert "restarted" in error
+    # Everything the page showed is stored (and perhaps a frame more).
+    assert content.strip().startswith(shown.strip())
+    assert LONG_TEXT.startswith(content.strip())
+
+    own_site.launch()
+    page.reload()
+    page.locator("[data-role=assistant][data-status=interrupted]").wait_for()
+    assert page.get_by_role("button", name="Continue").is_visible()
+    context.close()
+
+
+def test_after_sigkill_no_reply_stays_streaming(browser, own_site):
+    context, page = start_long_reply(browser, own_site)
+    time.sleep(1.2)  # past at least one checkpoint interval (0.5 s here)
+    shown = page.locator("[data-role=assistant]").inner_text().strip()
+    own_site.stop(signal.SIGKILL)
+
+    content, status, _ = last_reply(own_site)
+    assert status == "streaming"  # nobody could mark it: the process was killed
+    assert content and LONG_TEXT.startswith(content.strip())
+    lost = max(0, len(shown) - len(content.strip()))
+    print(f"SIGKILL: {len(shown)} chars shown, {len(content.strip())} stored, {lost} lost")
+
+    own_site.launch()  # the new process ends what the dead one left streaming
+    content_after, status, error = last_reply(own_site)
+    assert status == "interrupted"
+    assert "stopped while this reply" in error
+    assert content_after == content
+    page.reload()
+    reply = page.locator("[data-role=assistant]")
+    assert reply.get_attribute("data-status") == "interrupted"
+    assert reply.inner_text().strip() == content.strip()
+    context.close()
