@@ -184,7 +184,17 @@ def test_stop_keeps_the_text_and_closes_the_upstream(page, live_site, live_upstr
         "SELECT content, status FROM conversations_message ORDER BY id DESC LIMIT 1"
     )
     assert (stored[0].strip(), stored[1]) == (shown, "stopped")
-    assert page.get_by_role("button", name="Continue").is_visible()
+
+    # Continue carries the same message on, after the text already there.
+    page.get_by_role("button", name="Continue").click()
+    page.locator("[data-role=assistant][data-status=complete]").wait_for(timeout=15_000)
+    continued = reply_text(page)
+    assert continued.startswith(shown) and len(continued) > len(shown)
+    assert page.locator("[data-role=assistant]").count() == 1
+    (stored,) = live_site.query(
+        "SELECT content, status FROM conversations_message ORDER BY id DESC LIMIT 1"
+    )
+    assert (stored[0], stored[1]) == (continued, "complete")
 
 
 def test_two_tabs_share_one_live_reply(browser, live_site):

@@ -582,6 +582,27 @@ async def test_dns_failure():
     await upstream.close_client()
 
 
+async def test_tls_failure():
+    """An https URL pointing at a server that does not speak TLS."""
+
+    async def not_tls(reader, writer):
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_tls, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ConnectError) as info:
+            async for _ in stream_chat(f"https://127.0.0.1:{port}/v1", model=MODEL, messages=[]):
+                pass
+        assert "TLS" in str(info.value)
+        assert f"127.0.0.1:{port}" in str(info.value)
+    finally:
+        server.close()
+        await upstream.close_client()
+
+
 async def test_api_key_never_appears_in_errors(serve):
     async def echo_key(exchange):
         key = exchange.headers["authorization"].removeprefix("Bearer ")
