@@ -2,7 +2,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Coalesce, TruncDate
 from django.urls import reverse
 from django.utils import timezone
 
@@ -21,6 +22,50 @@ class ConversationQuerySet(models.QuerySet):
     def owned_by(self, user):
         return self.filter(owner=user)
 
+    # Reviewing (the admin). Per-conversation figures are correlated subqueries, not a
+    # join with GROUP BY, so a filter or search that joins messages cannot multiply them.
+
+    def with_usage(self):
+        """Annotate ``message_count`` and the ``prompt/completion/total_tokens`` sums."""
+        return self.annotate(
+            message_count=_over_messages(Count("pk")),
+            prompt_tokens=_over_messages(Sum("prompt_tokens")),
+            completion_tokens=_over_messages(Sum("completion_tokens")),
+            total_tokens=_over_messages(Sum("total_tokens")),
+        )
+
+    def with_activity(self):
+        """Annotate ``last_activity`` (latest message, else creation) and ``last_reply_status``."""
+        latest = Message.objects.filter(conversation=OuterRef("pk")).order_by("-pk")
+        return self.annotate(
+            last_activity=Coalesce(Subquery(latest.values("created_at")[:1]), F("created_at")),
+            last_reply_status=Subquery(
+                latest.filter(role=Message.Role.ASSISTANT).values("status")[:1]
+            ),
+        )
+
+    def with_reply_status(self, *statuses):
+        """Conversations with at least one reply in one of ``statuses``."""
+        replies = Message.objects.filter(
+            conversation=OuterRef("pk"), role=Message.Role.ASSISTANT, status__in=statuses
+        )
+        return self.filter(Exists(replies))
+
+    def search(self, terms):
+        """Conversations with every term in the title, the owner's username or a message.
+
+        Messages are searched through EXISTS, so no conversation comes twice.
+        """
+        found = self
+        for term in terms:
+            in_messages = Message.objects.filter(
+                conversation=OuterRef("pk"), content__icontains=term
+            )
+            found = found.filter(
+                Q(title__icontains=term) | Q(owner__username__icontains=term) | Exists(in_messages)
+            )
+        return found
+
 
 class Conversation(models.Model):
     owner = models.ForeignKey(
@@ -37,6 +82,7 @@ class Conversation(models.Model):
     class Meta:
         ordering = ["-updated_at", "-pk"]
         indexes = [models.Index(fields=["owner", "-updated_at"], name="conversation_owner_recent")]
+        permissions = [("review_conversation", "Can review other people's conversations")]
 
     def __str__(self):
         return self.title or f"Conversation {self.pk}"
@@ -56,15 +102,107 @@ class Conversation(models.Model):
     def model_label(self) -> str:
         return model_label(self.model)
 
+    def export(self) -> dict:
+        """The conversation as a JSON-ready document: every stored field of every message.
+
+        Owners appear by id and username only. Usage is summed over the messages
+        (prefetch them when exporting many conversations).
+        """
+        messages = list(self.messages.all())
+
+        def total(field):
+            values = [getattr(m, field) for m in messages if getattr(m, field) is not None]
+            return sum(values)
+
+        fields = [f.attname for f in Message._meta.concrete_fields if f.name != "conversation"]
+        return {
+            "id": self.pk,
+            "title": self.title,
+            "owner": {"id": self.owner_id, "username": self.owner.get_username()},
+            "model": self.model,
+            "system_prompt": self.system_prompt,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "usage": {
+                "messages": len(messages),
+                "prompt_tokens": total("prompt_tokens"),
+                "completion_tokens": total("completion_tokens"),
+                "total_tokens": total("total_tokens"),
+            },
+            "messages": [{name: getattr(m, name) for name in fields} for m in messages],
+        }
+
     def prompt(self) -> list[dict]:
         """The messages sent upstream for the next reply."""
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return system + [m.to_openai() for m in self.messages.for_prompt()]
 
 
+def _over_messages(aggregate):
+    """``aggregate`` over the messages of the outer conversation, as a subquery (0 if none)."""
+    per_conversation = (
+        Message.objects.filter(conversation=OuterRef("pk"))
+        .order_by()
+        .values("conversation")
+        .annotate(value=aggregate)
+        .values("value")
+    )
+    return Coalesce(Subquery(per_conversation), 0)
+
+
+def _usage() -> dict:
+    """The figures of a usage report, as aggregates over messages."""
+    return {
+        "sent": Count("pk", filter=Q(role=Message.Role.USER)),
+        "replies": Count("pk", filter=Q(role=Message.Role.ASSISTANT)),
+        "prompt": Coalesce(Sum("prompt_tokens"), 0),
+        "completion": Coalesce(Sum("completion_tokens"), 0),
+        "tokens": Coalesce(Sum("total_tokens"), 0),
+        "failed": Count("pk", filter=Q(status=Message.Status.FAILED)),
+        "interrupted": Count("pk", filter=Q(status=Message.Status.INTERRUPTED)),
+    }
+
+
 class MessageQuerySet(models.QuerySet):
     def streaming(self):
         return self.filter(status=Message.Status.STREAMING)
+
+    # Usage reports (the admin's overview): aggregated in the database, one row per group.
+
+    def created_between(self, start, end):
+        """Messages created in [start, end)."""
+        return self.filter(created_at__gte=start, created_at__lt=end)
+
+    def usage_totals(self) -> dict:
+        return self.aggregate(**_usage())
+
+    def usage_per_day(self):
+        """One row per day (in the current time zone) that has messages."""
+        return (
+            self.annotate(day=TruncDate("created_at"))
+            .values("day")
+            .annotate(**_usage())
+            .order_by("day")
+        )
+
+    def usage_per_user(self):
+        return (
+            self.values(
+                owner_id=F("conversation__owner_id"),
+                username=F("conversation__owner__username"),
+            )
+            .annotate(conversations=Count("conversation", distinct=True), **_usage())
+            .order_by("-tokens", "username")
+        )
+
+    def usage_per_model(self):
+        """Per model that replied (user messages name no model)."""
+        return (
+            self.filter(role=Message.Role.ASSISTANT)
+            .values("model")
+            .annotate(**_usage())
+            .order_by("-tokens", "model")
+        )
 
     def orphaned(self, *, running=(), stale_after: float = 0.0):
         """Streaming rows whose reply task is gone: not running here, no checkpoint for a while."""
@@ -225,3 +363,59 @@ class Message(models.Model):
 
     def to_openai(self) -> dict:
         return {"role": self.role, "content": self.content}
+
+
+class AdminAccessRecordQuerySet(models.QuerySet):
+    def record(self, staff, conversations, action) -> list["AdminAccessRecord"]:
+        """Note that ``staff`` opened or exported those of ``conversations`` they do not own.
+
+        The conversations need their owner loaded (``select_related("owner")``).
+        """
+        return self.bulk_create(
+            AdminAccessRecord(
+                staff=staff,
+                staff_username=staff.get_username(),
+                action=action,
+                conversation=conversation,
+                conversation_title=str(conversation)[:200],
+                conversation_owner=conversation.owner.get_username(),
+            )
+            for conversation in conversations
+            if conversation.owner_id != staff.pk
+        )
+
+
+class AdminAccessRecord(models.Model):
+    """A staff member opened or exported someone else's conversation in the admin.
+
+    The usernames and the title are copied, so the record still says who read what
+    after the user or the conversation is deleted.
+    """
+
+    class Action(models.TextChoices):
+        OPENED = "opened"
+        EXPORTED = "exported"
+
+    staff = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        related_name="admin_access_records",
+    )
+    staff_username = models.CharField(max_length=150)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.SET_NULL, null=True, related_name="access_records"
+    )
+    conversation_title = models.CharField(max_length=200)
+    conversation_owner = models.CharField(max_length=150)
+    accessed_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = AdminAccessRecordQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-accessed_at", "-pk"]
+        indexes = [models.Index(fields=["accessed_at"], name="admin_access_accessed")]
+
+    def __str__(self):
+        return f"{self.staff_username} {self.action} {self.conversation_title!r}"
