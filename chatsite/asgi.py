@@ -8,8 +8,8 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from chatsite.websocket import guarded  # noqa: E402
 from conversations.replies import sweep_orphans_at_start  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
@@ -18,8 +18,6 @@ sweep_orphans_at_start()
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": guarded(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

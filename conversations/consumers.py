@@ -12,10 +12,15 @@ however late it joined.
 import asyncio
 import json
 import logging
+import math
+from datetime import timedelta
+from importlib import import_module
+from types import SimpleNamespace
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib import auth
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -51,6 +56,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        self.user = user
+        self.session_key = self.scope["session"].session_key
         conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
         self.conversation = await get_conversation(user, conversation_id)
         if self.conversation is None:
@@ -91,6 +98,11 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self.notify("The server could not read that request (it is not valid JSON).")
             return
         action = data.get("action") if isinstance(data, dict) else None
+        if not await session_belongs_to(self.session_key, self.user):
+            # Logged out (or the password changed) elsewhere: this socket's rights end too.
+            await self.notify("You have been logged out. Reload the page to log in again.")
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
         handler = {
             "send": self.send_message,
             "stop": self.stop_reply,
@@ -120,6 +132,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             sent, reply, prompt = await begin_reply(self.conversation.pk, content, model)
         except ReplyInProgress:
             await self.notify(BUSY, refused="send")
+            return
+        except ActionRefused as refusal:
+            await self.notify(str(refusal), refused="send")
             return
         await self.channel_layer.group_send(
             self.group,
@@ -290,6 +305,43 @@ def max_frame_chars() -> int:
 
 
 @database_sync_to_async
+def session_belongs_to(session_key: str | None, user) -> bool:
+    """Whether the socket's session still logs in ``user`` (read afresh from the store)."""
+    if not session_key:
+        return False
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    current = auth.get_user(SimpleNamespace(session=store))
+    return current.is_authenticated and current.pk == user.pk
+
+
+def check_limits(owner_id: int, *, sending: bool) -> None:
+    """Per-user limits: messages per minute, replies being written at once."""
+    now = timezone.now()
+    if sending:
+        window = timedelta(minutes=1)
+        recent = Message.objects.filter(
+            conversation__owner_id=owner_id, role=Message.Role.USER, created_at__gt=now - window
+        )
+        times = list(
+            recent.order_by("-created_at").values_list("created_at", flat=True)[
+                : settings.CHAT_MESSAGES_PER_MINUTE
+            ]
+        )
+        if len(times) >= settings.CHAT_MESSAGES_PER_MINUTE:
+            wait = max(1, math.ceil((times[-1] + window - now).total_seconds()))
+            raise ActionRefused(
+                f"You can send {settings.CHAT_MESSAGES_PER_MINUTE} messages a minute. "
+                f"Try again in {wait} s."
+            )
+    writing = Message.objects.streaming().filter(conversation__owner_id=owner_id).count()
+    if writing >= settings.CHAT_CONCURRENT_REPLIES:
+        raise ActionRefused(
+            f"You already have {writing} replies being written, the most at once. "
+            "Wait for one to finish (or stop one), then try again."
+        )
+
+
+@database_sync_to_async
 def get_conversation(user, conversation_id) -> Conversation | None:
     return Conversation.objects.owned_by(user).filter(pk=conversation_id).first()
 
@@ -310,6 +362,7 @@ def begin_reply(conversation_id: int, content: str, model: str):
     try:
         with transaction.atomic():
             conversation = Conversation.objects.get(pk=conversation_id)
+            check_limits(conversation.owner_id, sending=True)
             sent = Message.objects.create(
                 conversation=conversation,
                 role=Message.Role.USER,
@@ -360,6 +413,7 @@ def reopen_reply(conversation_id: int, message_id):
     reply = latest_reply(conversation_id, message_id)
     if not reply.can_continue:
         raise ActionRefused("This reply is complete; there is nothing to continue.")
+    check_limits(reply.conversation.owner_id, sending=False)
     try:
         with transaction.atomic():
             if not reply.reopen():
@@ -377,6 +431,7 @@ def reopen_reply(conversation_id: int, message_id):
 def replace_reply(conversation_id: int, message_id, model: str):
     """Delete the latest reply and start a new streaming row for the same history."""
     old = latest_reply(conversation_id, message_id)
+    check_limits(old.conversation.owner_id, sending=False)
     try:
         with transaction.atomic():
             deleted, _ = Message.objects.filter(pk=old.pk).exclude(status="streaming").delete()

@@ -432,5 +432,8 @@ def sweep_orphans_at_start() -> None:
         count = sweep_orphans(stale_after=0 if single_process else None)
     except DatabaseError:  # not migrated yet: nothing to sweep
         return
+    except Exception:  # never keep the site from starting
+        log.exception("could not look for replies left streaming")
+        return
     if count:
         log.warning("marked %d reply(s) left streaming by a stopped process as interrupted", count)

@@ -1,9 +1,18 @@
+from django.conf import settings
+from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import UserCreationForm
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST, require_safe
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from . import replies
 from .models import Conversation, model_label
+
+
+def own_conversation(request, pk) -> Conversation:
+    """The user's conversation, or 404: other people's conversations do not exist for them."""
+    return get_object_or_404(Conversation.objects.owned_by(request.user), pk=pk)
 
 
 @require_safe
@@ -27,16 +36,55 @@ def conversation_create(request):
 @require_safe
 @login_required
 def conversation_detail(request, pk):
-    conversation = get_object_or_404(Conversation.objects.owned_by(request.user), pk=pk)
+    conversation = own_conversation(request, pk)
     replies.sweep_orphans(conversation.pk)
-    messages = list(conversation.messages.all())
     return render(
         request,
         "conversations/conversation_detail.html",
         {
             "conversation": conversation,
-            "messages": messages,
+            "messages": list(conversation.messages.all()),
             "conversations": Conversation.objects.owned_by(request.user)[:200],
-            "default_model_label": model_label(""),
+            "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         },
     )
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+@login_required
+def conversation_delete(request, pk):
+    conversation = own_conversation(request, pk)
+    if request.method == "POST":
+        if conversation.messages.streaming().exists():
+            return render(
+                request,
+                "conversations/conversation_delete.html",
+                {"conversation": conversation, "busy": True},
+                status=409,
+            )
+        conversation.delete()
+        return redirect("conversation-list")
+    return render(request, "conversations/conversation_delete.html", {"conversation": conversation})
+
+
+@require_safe
+@login_required
+def conversation_export(request, pk):
+    conversation = own_conversation(request, pk)
+    response = JsonResponse(conversation.export(), json_dumps_params={"indent": 2})
+    response["Content-Disposition"] = f'attachment; filename="conversation-{conversation.pk}.json"'
+    return response
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+def signup(request):
+    if not settings.CHAT_ALLOW_SIGNUP:
+        raise Http404("Sign-up is closed on this site.")
+    if request.user.is_authenticated:
+        return redirect("conversation-list")
+    form = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("conversation-list")
+    return render(request, "registration/signup.html", {"form": form})

@@ -8,14 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.layers import channel_layers
-from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
 from scripted_upstream import by_message, cut_stream, paced_words, status_error
 
 from conversations.demo import ChatCompletionsServer, DemoModel, ServerThread
 from conversations.models import Conversation
-from conversations.routing import websocket_urlpatterns
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -61,22 +62,39 @@ async def start_upstream(settings):
         await server.close()
 
 
+SITE_ORIGIN = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
+
+
+@database_sync_to_async
+def session_cookie(user) -> bytes:
+    """A real logged-in session for ``user``, as the browser's cookie header."""
+    client = Client()
+    client.force_login(user)
+    name = settings.SESSION_COOKIE_NAME
+    return f"{name}={client.cookies[name].value}".encode()
+
+
+def socket_to(conversation_id: int, headers=()) -> WebsocketCommunicator:
+    """A websocket through the whole ASGI stack (origin checks, sessions, routing)."""
+    from chatsite.asgi import application
+
+    return WebsocketCommunicator(
+        application, f"/ws/conversations/{conversation_id}/", headers=list(headers)
+    )
+
+
 @pytest.fixture
 def connect():
     """Open a websocket to a conversation as ``user``, as the browser would."""
-    opened = []
 
     async def open_socket(conversation, user):
-        app = URLRouter(websocket_urlpatterns)
-        communicator = WebsocketCommunicator(app, f"/ws/conversations/{conversation.pk}/")
-        communicator.scope["user"] = user
+        headers = [*SITE_ORIGIN, (b"cookie", await session_cookie(user))]
+        communicator = socket_to(conversation.pk, headers)
         connected, _ = await communicator.connect()
         assert connected
-        opened.append(communicator)
         return communicator
 
-    yield open_socket
-    # Sockets are closed by the tests themselves; the communicators hold no loop-bound state.
+    return open_socket
 
 
 # --- a real site in its own Daphne process, for the browser tests ------------------

@@ -35,6 +35,27 @@
     composer().requestSubmit();
   });
 
+  function showNotice(text) {
+    var notices = document.getElementById("notices");
+    var p = document.createElement("p");
+    p.className = "notice notice-error";
+    p.setAttribute("role", "alert");
+    p.textContent = text;
+    notices.replaceChildren(p);
+  }
+
+  // Refuse an over-long message here, before it is sent (the server checks again).
+  document.addEventListener("htmx:wsConfigSend", function (event) {
+    if (event.target !== composer()) return;
+    var limit = parseInt(textarea().getAttribute("data-max-chars"), 10);
+    var length = textarea().value.length;
+    if (limit && length > limit) {
+      event.preventDefault();
+      showNotice("Your message is " + length.toLocaleString() + " characters long; the limit is " +
+        limit.toLocaleString() + ". Nothing was sent.");
+    }
+  });
+
   // Empty the composer once the message is on its way; keep a copy in case it is refused.
   document.addEventListener("htmx:wsAfterSend", function (event) {
     if (event.target !== composer()) return;
@@ -75,8 +96,9 @@
       banner.textContent = "This conversation no longer exists.";
     } else {
       banner.textContent = "Connection lost. Reconnecting…";
+      if (code === 1009) showNotice("That message was too large to send.");
       // htmx reconnects by itself only after abnormal closes; a server restart says "going away".
-      if (code === 1001 || code === 1000) {
+      if (code === 1001 || code === 1000 || code === 1009) {
         setTimeout(function () { event.detail.socketWrapper.reconnect(); }, 500);
       }
     }

@@ -1,0 +1,62 @@
+"""Who may open a websocket: same-origin pages of an allowed host, nothing else.
+
+Channels' AllowedHostsOriginValidator checks the Origin's host name against
+ALLOWED_HOSTS but not its scheme or port, and lets a missing Origin through in
+some configurations. A page on another port of the same host is another origin
+and must not drive a user's socket with their cookies, so the Origin must
+equal the Host the socket was opened on (or a CSRF_TRUSTED_ORIGINS entry).
+"""
+
+from urllib.parse import urlsplit
+
+from channels.security.websocket import AllowedHostsOriginValidator, WebsocketDenier
+from django.conf import settings
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _header(scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _netloc(scheme: str, host: str, port: int | None) -> str:
+    if port is None or port == DEFAULT_PORTS.get(scheme):
+        return host.lower()
+    return f"{host.lower()}:{port}"
+
+
+def same_origin(scope) -> bool:
+    origin = _header(scope, b"origin").strip()
+    host = _header(scope, b"host").strip().lower()
+    if not origin or origin == "null" or not host:
+        return False
+    if origin in settings.CSRF_TRUSTED_ORIGINS:
+        return True
+    try:
+        parts = urlsplit(origin)
+        origin_netloc = _netloc(parts.scheme, parts.hostname or "", parts.port)
+        host_parts = urlsplit(f"{parts.scheme}://{host}")
+        host_netloc = _netloc(parts.scheme, host_parts.hostname or "", host_parts.port)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and origin_netloc == host_netloc
+
+
+class SameOriginValidator:
+    """ASGI middleware: refuse the websocket handshake unless Origin matches Host."""
+
+    def __init__(self, application):
+        self.application = application
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket" and not same_origin(scope):
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.application(scope, receive, send)
+
+
+def guarded(application):
+    """The websocket stack's origin checks, outermost first."""
+    return SameOriginValidator(AllowedHostsOriginValidator(application))
