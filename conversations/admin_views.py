@@ -197,6 +197,7 @@ def tick_step(highest: int) -> int:
 
 # --- export ----------------------------------------------------------------------------
 
+
 def export_conversations(request, queryset):
     """The conversations with their messages and usage, as a JSON download.
 
@@ -209,10 +210,7 @@ def export_conversations(request, queryset):
     document = {
         "exported_at": timezone.now(),
         "exported_by": request.user.get_username(),
-        "conversations": [
-            conversation.export()
-            for conversation in conversations
-        ],
+        "conversations": [conversation.export() for conversation in conversations],
     }
     response = JsonResponse(document, json_dumps_params={"indent": 2})
     filename = f"conversations-{timezone.now():%Y%m%d-%H%M%S}.json"

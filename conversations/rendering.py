@@ -1,31 +1,535 @@
 """Message text -> safe HTML, and the HTML fragments pushed to browsers.
 
-Model output is untrusted: everything here escapes it. While a reply streams,
-:class:`StreamingRenderer` turns each new piece of text into HTML once, so the
-cost of a reply stays linear in its length.
+Model output is untrusted input: whoever controls the prompt controls it. An
+assistant reply is CommonMark (plus tables and strikethrough) rendered by
+markdown-it-py with raw HTML turned off and only ``http``, ``https`` and
+``mailto`` links, then cleaned by nh3 with an explicit allowlist. Either layer
+alone keeps script, event handlers, styles and self-loading resources (images,
+frames) out of the page; together a bug in one is not enough. User messages
+are only escaped.
+
+While a reply streams, :class:`StreamingRenderer` renders it block by block
+(see its docstring), so the cost of a reply stays linear in its length.
 """
 
+import functools
+import html
+import itertools
+import math
+import re
+
+import nh3
 from django.template.loader import render_to_string
 from django.utils.html import escape
+from markdown_it import MarkdownIt
+from markdown_it.common.utils import unescapeAll
+from markdown_it.token import Token
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import find_lexer_class_by_name
+from pygments.util import ClassNotFound
 
 PAGE = "conversations/conversation_detail.html"
 
 
-def render_text(text: str) -> str:
-    """A message's text as HTML. Line breaks are kept by CSS (white-space: pre-wrap)."""
+def render_user(text: str) -> str:
+    """A user's message as HTML: escaped only; CSS (white-space: pre-wrap) keeps line breaks."""
     return escape(text)
 
 
-class StreamingRenderer:
-    """Renders a growing reply piece by piece.
+render_text = render_user  # the name the rest of the code used before Markdown
 
-    ``feed(text)`` returns ``(appended_html, tail_html)``: HTML to append after
-    what was already sent, and the HTML of the still-open tail that replaces
-    the previous tail (empty while the text needs no tail).
+
+# --- links ----------------------------------------------------------------
+
+# markdown-it hands links over entity-decoded and percent-encoded (no raw spaces or
+# control characters left), so the scheme the browser will see is at the very start.
+# Everything else (javascript:, data:, vbscript:, relative, //host) is not a link.
+ALLOWED_URL = re.compile(r"(?:https?://|mailto:)", re.IGNORECASE)
+LINK_REL = "noopener noreferrer nofollow"
+
+
+def is_allowed_url(url: str) -> bool:
+    return ALLOWED_URL.match(url) is not None
+
+
+# --- code blocks ----------------------------------------------------------
+
+# Classes carry a prefix so that no page style (.notice, .visually-hidden, ...) can be
+# borrowed by model output; markdown.css holds the colour theme for these classes.
+CODE_CLASS_PREFIX = "tok-"
+CODE_FORMATTER = HtmlFormatter(nowrap=True, classprefix=CODE_CLASS_PREFIX)
+# Highlighting is a nicety: past this size (or for a language Pygments does not know)
+# code is shown escaped, which keeps the cost of a hostile reply predictable.
+HIGHLIGHT_LIMIT = 20_000
+LANGUAGE = re.compile(r"[\w+#.-]{1,32}")
+STREAMING = "chat_streaming"  # env flag: rendering the still-open tail of a reply
+
+
+@functools.lru_cache(maxsize=128)
+def _lexer_class(language: str):
+    try:
+        return find_lexer_class_by_name(language)
+    except ClassNotFound:
+        return None
+
+
+def code_block_html(code: str, language: str, *, highlighted: bool = True) -> str:
+    """A code block with its copy button (wired up by static/chat/copy.js)."""
+    lexer_class = _lexer_class(language.lower()) if language and highlighted else None
+    if lexer_class is not None and len(code) <= HIGHLIGHT_LIMIT:
+        body = highlight(code, lexer_class(stripnl=False), CODE_FORMATTER)
+    else:
+        body = html.escape(code)
+    label = f' data-lang="{html.escape(language)}"' if language else ""
+    return (
+        f'<div class="code-block"{label}>'
+        '<button type="button" class="copy-code">Copy</button>'
+        f'<pre class="highlight"><code>{body}</code></pre></div>\n'
+    )
+
+
+def _fence_language(info: str) -> str:
+    words = unescapeAll(info).split(maxsplit=1)
+    return words[0] if words and LANGUAGE.fullmatch(words[0]) else ""
+
+
+def _render_fence(renderer, tokens, idx, options, env) -> str:
+    # While a reply streams, code in the open tail is shown plain: it is highlighted
+    # once, when its block is complete, instead of again on every flush.
+    token = tokens[idx]
+    return code_block_html(
+        token.content, _fence_language(token.info), highlighted=not env.get(STREAMING)
+    )
+
+
+def _render_code_block(renderer, tokens, idx, options, env) -> str:
+    return code_block_html(tokens[idx].content, "")
+
+
+# --- links, images and table cells, on the token stream -------------------
+
+
+def _safe_links(state) -> None:
+    """Core rule: links open in a new tab, images become links, alignment a class.
+
+    An image never loads by itself (it could track the reader or show anything):
+    it becomes a link the reader may choose to open. ``style`` is not allowed, so
+    a table cell's alignment is carried by a class.
+    """
+    for token in state.tokens:
+        if token.type in ("th_open", "td_open") and token.attrs:
+            align = str(token.attrs.pop("style", "")).removeprefix("text-align:")
+            if align in ("left", "center", "right"):
+                token.attrSet("class", f"align-{align}")
+        elif token.type == "inline" and token.children:
+            token.children = _links_of(token.children, state)
+
+
+def _links_of(children: list[Token], state) -> list[Token]:
+    result, depth = [], 0
+    for token in children:
+        if token.type == "link_open":
+            depth += 1
+            token.attrSet("target", "_blank")
+            token.attrSet("rel", LINK_REL)
+        elif token.type == "link_close":
+            depth -= 1
+        elif token.type == "image":
+            result.extend(_image_as_link(token, state, inside_link=depth > 0))
+            continue
+        result.append(token)
+    return result
+
+
+def _image_as_link(image: Token, state, *, inside_link: bool) -> list[Token]:
+    alt = state.md.renderer.renderInlineAsText(image.children, state.md.options, state.env)
+    text = Token("text", "", 0, content=f"Image: {alt}" if alt else "Image")
+    if inside_link:  # a link in a link is not HTML; the outer link stays the link
+        return [text]
+    link = Token("link_open", "a", 1, attrs={"href": image.attrGet("src") or ""})
+    if image.attrGet("title"):
+        link.attrSet("title", image.attrGet("title"))
+    link.attrSet("class", "image-link")
+    link.attrSet("target", "_blank")
+    link.attrSet("rel", LINK_REL)
+    return [link, text, Token("link_close", "a", -1)]
+
+
+def _markdown() -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+    md.validateLink = is_allowed_url  # also decides autolinks, images and definitions
+    md.core.ruler.push("safe_links", _safe_links)
+    md.add_render_rule("fence", _render_fence)
+    md.add_render_rule("code_block", _render_code_block)
+    return md
+
+
+MARKDOWN = _markdown()
+
+
+# --- the sanitizer --------------------------------------------------------
+
+ALLOWED_TAGS = {
+    "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "s", "code",
+    "pre", "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th",
+    "td", "div", "span", "button",
+}  # fmt: skip
+ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title", "target", "class"},
+    "ol": {"start"},
+    "div": {"class", "data-lang"},
+    "pre": {"class"},
+    "span": {"class"},
+    "button": {"type", "class"},
+    "th": {"class"},
+    "td": {"class"},
+}
+ALLOWED_CLASSES = {
+    "a": {"image-link"},
+    "div": {"code-block"},
+    "pre": {"highlight"},
+    "button": {"copy-code"},
+    "th": {"align-left", "align-center", "align-right"},
+    "td": {"align-left", "align-center", "align-right"},
+}
+CODE_CLASS = re.compile(rf"{CODE_CLASS_PREFIX}[A-Za-z0-9-]+")
+FORCED_VALUES = {("a", "target"): "_blank", ("button", "type"): "button"}
+
+
+def _allowed_class(tag: str, name: str) -> bool:
+    if tag == "span":
+        return CODE_CLASS.fullmatch(name) is not None
+    return name in ALLOWED_CLASSES.get(tag, ())
+
+
+def _filter_attribute(tag: str, attribute: str, value: str) -> str | None:
+    """Second line of defence: what the Markdown layer should never emit anyway."""
+    if attribute == "href":
+        return value if is_allowed_url(value) else None  # nh3 lets relative URLs through
+    if attribute == "class":
+        kept = [name for name in value.split() if _allowed_class(tag, name)]
+        return " ".join(kept) or None
+    return FORCED_VALUES.get((tag, attribute), value)
+
+
+SANITIZER_OPTIONS = {
+    "tags": ALLOWED_TAGS,
+    "clean_content_tags": {"script", "style"},
+    "attributes": ALLOWED_ATTRIBUTES,
+    "attribute_filter": _filter_attribute,
+    "strip_comments": True,
+    "link_rel": LINK_REL,
+    "url_schemes": {"http", "https", "mailto"},
+}
+# A Cleaner is built once instead of per call, a quarter of the cost for a small tail;
+# older nh3 releases only have clean().
+if hasattr(nh3, "Cleaner"):
+    sanitize = nh3.Cleaner(**SANITIZER_OPTIONS).clean
+else:  # pragma: no cover
+    sanitize = functools.partial(nh3.clean, **SANITIZER_OPTIONS)
+
+
+# --- whole texts ----------------------------------------------------------
+
+
+def _parse(text: str, env: dict) -> list[Token]:
+    """Every Markdown parse goes through here (the tests count the text it is given)."""
+    return MARKDOWN.parse(text, env)
+
+
+def _html(tokens: list[Token], env: dict, *, streaming: bool = False) -> str:
+    env = {**env, STREAMING: streaming}
+    return sanitize(MARKDOWN.renderer.render(tokens, MARKDOWN.options, env))
+
+
+def render_markdown(text: str) -> str:
+    """An assistant message as sanitized HTML."""
+    env: dict = {}
+    return _html(_parse(text, env), env)
+
+
+# --- streaming ------------------------------------------------------------
+
+MIN_STEP = 32  # new characters that always justify rendering the open tail again...
+GROWTH = 0.5  # ...and, for a longer tail, growth by this fraction of what was rendered
+MAX_TAIL = 16_000  # an open block longer than this is cut while streaming
+LIST_MARKER_START = frozenset("-+*0123456789")
+# A code fence line, possibly inside block quotes or a list item (only a scan hint).
+FENCE_LINE = re.compile(r"[ \t>]*(?:(?:[-+*]|\d{1,9}[.)])[ \t]+)?(`{3,}|~{3,})(.*)")
+NEWLINES = re.compile(r"\r\n?")
+CLOSING_TAG = re.compile(r"</[a-z0-9]+>")
+
+
+class StreamingRenderer:
+    """Renders a growing reply piece by piece, in time linear in its length.
+
+    ``feed(piece)`` returns ``(appended_html, tail_html)``. ``appended_html`` holds
+    the blocks that became complete with this piece: it goes after everything
+    appended before and is never rendered again. ``tail_html`` shows the rest (the
+    block still open) and replaces the previous tail.
+
+    The text after the last complete block is kept and parsed as one piece. A
+    top-level block is complete once a blank line follows it and then the first
+    character of another top-level block, at the start of its line (and not a
+    list marker that may continue a list): CommonMark's block parse never goes
+    back over a block that a line has closed. So the appended HTML is exactly the
+    beginning of ``render_markdown`` of the whole reply, except that a link to a
+    reference defined further down stays text, and that blocks over ``MAX_TAIL``
+    are cut (below).
+
+    The open text is not rendered again for every piece, only when it has grown
+    by ``GROWTH`` (at least ``MIN_STEP`` characters) since it last was, or when a
+    new block seems to start; in between, the newest text is shown escaped at the
+    end of the last rendered tail. So each block is rendered a bounded number of
+    times its size, however small the pieces. A block longer than ``MAX_TAIL`` is
+    cut at a line break (a code fence or table is reopened after the cut), so no
+    flush carries much more than that, whatever the model writes.
+
+    The tail is a preview: its code is not highlighted and its newest text may
+    show raw Markdown. ``finish()`` renders what is left as final; a finished
+    message is rendered from its stored text by ``render_markdown`` anyway.
     """
 
-    def feed(self, text: str) -> tuple[str, str]:
-        return render_text(text), ""
+    def __init__(self) -> None:
+        self._open = ""  # the reply's text after its last complete block
+        self._held_cr = False  # a "\r" that may be the first half of "\r\n"
+        self._references: dict = {}  # link reference definitions in complete blocks
+        self._appended: list[str] = []
+        self._tail_html = ""  # sanitized HTML of self._open[: self._shown]
+        self._slot = 0  # where in _tail_html text not rendered yet is shown
+        self._shown = 0
+        self._pending_from = 0  # where that text starts (before _shown: see _render)
+        # The line scan that notices block starts: where it is, and what it saw.
+        self._scanned = 0
+        self._after_blank = False
+        self._fence = ""  # marker of the code fence the scan is in, if any
+        self._list_hint_wasted = False
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        self._open += self._normalize(piece)
+        reason = self._render_reason()
+        if reason is None:
+            return "", self._tail_with_pending()
+        appended = self._render()
+        if appended or reason == "list":
+            # A list item after a blank line usually continues the list: after one
+            # such render that completed nothing, the next ones wait for growth.
+            self._list_hint_wasted = not appended
+        return appended, self._tail_html
+
+    def finish(self) -> str:
+        """HTML of everything not appended yet, rendered as final (the reply is over)."""
+        if self._held_cr:
+            self._open += "\n"
+            self._held_cr = False
+        env = {"references": dict(self._references)}
+        appended = _html(_parse(self._open, env), env) if self._open else ""
+        self._appended.append(appended)
+        self._advance(len(self._open))
+        self._tail_html, self._slot, self._shown, self._pending_from = "", 0, 0, 0
+        return appended
+
+    def snapshot(self) -> tuple[str, str]:
+        """(all HTML appended so far, the current tail): what a page that joins now needs."""
+        self._appended = ["".join(self._appended)]
+        return self._appended[0], self._tail_with_pending()
+
+    # --- deciding when to render ------------------------------------------------------
+
+    def _normalize(self, piece: str) -> str:
+        # markdown-it reads "\r\n" and "\r" as "\n"; line offsets here must match its own.
+        if self._held_cr:
+            piece = "\r" + piece
+        self._held_cr = piece.endswith("\r")
+        if self._held_cr:
+            piece = piece[:-1]
+        return NEWLINES.sub("\n", piece) if "\r" in piece else piece
+
+    def _render_reason(self) -> str | None:
+        hint = self._scan()
+        new = len(self._open) - self._shown
+        if new == 0:
+            return None
+        if self._shown == 0 or new >= max(MIN_STEP, GROWTH * self._shown):
+            return "growth"
+        return hint
+
+    def _scan(self) -> str | None:
+        """Read the lines that arrived; say whether a new top-level block seems to start.
+
+        That is a line whose first character came after the last render, at
+        column 0, right after a blank line, outside a code fence: "block", or
+        "list" when it may be one more item of a list before it.
+        """
+        text, hint = self._open, None
+        while True:
+            start = self._scanned
+            end = text.find("\n", start)
+            if start >= self._shown and start < len(text) and self._after_blank:
+                first = text[start]
+                if self._fence or first in " \t\n":
+                    pass
+                elif first not in LIST_MARKER_START:
+                    hint = "block"
+                elif hint is None and not self._list_hint_wasted:
+                    hint = "list"
+            if end < 0:
+                return hint
+            self._track(text[start:end])
+            self._scanned = end + 1
+
+    def _track(self, line: str) -> None:
+        self._after_blank = not line.strip(" \t")
+        fence = FENCE_LINE.match(line)
+        if fence is None:
+            return
+        marker, rest = fence.groups()
+        if not self._fence:
+            if not (marker[0] == "`" and "`" in rest):  # ```x``` is inline code
+                self._fence = marker
+        elif marker[0] == self._fence[0] and len(marker) >= len(self._fence) and not rest.strip():
+            self._fence = ""
+
+    # --- rendering -------------------------------------------------------------------
+
+    def _render(self) -> str:
+        """Parse the open text once: append the blocks that are complete, show the rest."""
+        env = {"references": dict(self._references)}
+        tokens = _parse(self._open, env)
+        appended = ""
+        cut = self._commit_point(tokens, env)
+        if cut is not None:
+            index, offset, line = cut
+            appended = _html(tokens[:index], env)
+            self._keep_references(env, before_line=line)
+            self._advance(offset)
+            tokens = tokens[index:]
+        elif len(self._open) > MAX_TAIL:
+            appended = self._cut_long_block(tokens)
+            env = {"references": dict(self._references)}
+            tokens = _parse(self._open, env)
+        if appended:
+            self._appended.append(appended)
+        self._tail_html = _html(tokens, env, streaming=True)
+        self._slot = _pending_slot(self._tail_html)
+        self._shown = len(self._open)
+        # Markdown drops the whitespace that ends a paragraph (not code): the text
+        # shown after it starts with that whitespace, or two words would run together.
+        in_code = self._tail_html.startswith("</code>", self._slot)
+        self._pending_from = self._shown if in_code else len(self._open.rstrip())
+        return appended
+
+    def _commit_point(self, tokens: list[Token], env: dict) -> tuple[int, int, int] | None:
+        """The last top-level block start that closes every block before it for good.
+
+        That is a block starting at column 0 right after a blank line. Returns
+        (index of its first token, its offset in the open text, its line), or None.
+        """
+        text = self._open
+        starts = _line_starts(text)
+        unfinished = len(starts) - 1 if starts[-1] < len(text) else None
+        if unfinished is not None and self._definition_reaches(env, unfinished):
+            return None  # its URL or title may still grow, and earlier blocks may use it
+        blocks = [(i, t) for i, t in enumerate(tokens) if t.level == 0 and t.nesting >= 0 and t.map]
+        for (_, before), (index, token) in reversed(list(itertools.pairwise(blocks))):
+            line = token.map[0]
+            offset = starts[line]
+            if text[starts[line - 1] : offset].strip(" \t\n") or text[offset] in " \t":
+                continue
+            # "- " or "2." just begun after a list may turn out to be its next item.
+            if (
+                line == unfinished
+                and text[offset] in LIST_MARKER_START
+                and before.type in ("bullet_list_open", "ordered_list_open")
+            ):
+                continue
+            return index, offset, line
+        return None
+
+    def _definition_reaches(self, env: dict, line: int) -> bool:
+        references = env.get("references", {})
+        return any(
+            label not in self._references and ref.get("map", (0, math.inf))[1] > line
+            for label, ref in references.items()
+        )
+
+    def _keep_references(self, env: dict, before_line: float) -> None:
+        for label, ref in env.get("references", {}).items():
+            if label not in self._references and ref.get("map", (0, math.inf))[1] <= before_line:
+                self._references[label] = ref
+
+    def _cut_long_block(self, tokens: list[Token]) -> str:
+        """Append most of an open block longer than MAX_TAIL.
+
+        Not CommonMark-exact (the final render is): the block is cut after its
+        last line break; a code fence or a table goes on after the cut under a
+        copy of its opening line(s), as a second block.
+        """
+        text = self._open
+        starts = _line_starts(text)
+        low, reopen = 1, ""
+        last = next((t for t in reversed(tokens) if t.level == 0 and t.map), None)
+        if last is not None and last.type in ("fence", "table_open"):
+            first, head = last.map[0], 1 if last.type == "fence" else 2
+            if first + head < len(starts):
+                low = starts[first + head]
+                reopen = text[starts[first] : low]
+        offset = _break_point(text, low)
+        env = {"references": dict(self._references)}
+        appended = _html(_parse(text[:offset], env), env)
+        self._keep_references(env, before_line=math.inf)
+        self._advance(offset, reopen)
+        return appended
+
+    def _advance(self, offset: int, reopen: str = "") -> None:
+        """Drop the appended text; the line scan starts again at a block start."""
+        self._open = reopen + self._open[offset:]
+        self._scanned, self._after_blank, self._fence = 0, False, ""
+
+    def _tail_with_pending(self) -> str:
+        if len(self._open) == self._shown:
+            return self._tail_html
+        pending = self._open[self._pending_from :]
+        tail, slot = self._tail_html, self._slot
+        return f'{tail[:slot]}<span class="md-pending">{html.escape(pending)}</span>{tail[slot:]}'
+
+
+def _line_starts(text: str) -> list[int]:
+    starts, at = [0], text.find("\n")
+    while at >= 0:
+        starts.append(at + 1)
+        at = text.find("\n", at + 1)
+    return starts
+
+
+def _pending_slot(markup: str) -> int:
+    """Where text typed after the rendered tail belongs: inside its last open element.
+
+    That is before the closing tags that end it, so the newest words go on in the
+    same paragraph, list item, table cell or code block.
+    """
+    slot = end = len(markup)
+    while True:
+        while end and markup[end - 1].isspace():  # between closing tags
+            end -= 1
+        start = markup.rfind("<", 0, end)
+        # Whole closing tags only: a "<" may also sit in an attribute value (a title).
+        if start < 0 or not CLOSING_TAG.fullmatch(markup, start, end):
+            return slot
+        slot = end = start
+
+
+def _break_point(text: str, low: int) -> int:
+    """Where to cut a long block: after its last line break, else its last space."""
+    for separator in ("\n", " "):
+        at = text.rfind(separator, low)
+        if at >= low:
+            return at + 1
+    return len(text)
+
+
+# --- fragments ------------------------------------------------------------
 
 
 def message_html(message, **context) -> str:
@@ -39,12 +543,19 @@ def footer_html(message, notice: str = "") -> str:
 
 
 def delta_html(message_id: int, appended: str, tail: str) -> str:
-    """An out-of-band fragment that extends a streaming message in place."""
+    """An out-of-band fragment that extends a streaming message in place.
+
+    The tail element is always sent, even empty: a tail whose block has just
+    moved into the appended text must be emptied. It is swapped whole, so it
+    carries its classes.
+    """
     html = ""
     if appended:
         html += f'<div hx-swap-oob="beforeend:#message-{message_id}-text">{appended}</div>'
-    if tail:
-        html += f'<div id="message-{message_id}-tail" hx-swap-oob="true">{tail}</div>'
+    html += (
+        f'<div id="message-{message_id}-tail" class="message-tail markdown" '
+        f'hx-swap-oob="true">{tail}</div>'
+    )
     return html
 
 

@@ -17,6 +17,7 @@ from scripted_upstream import by_message, cut_stream, paced_words, status_error
 
 from conversations.demo import ChatCompletionsServer, DemoModel, ServerThread
 from conversations.models import Conversation
+from conversations.rendering import render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -190,6 +191,13 @@ class LiveSite:
             self.log.close()
 
     def query(self, sql: str, params=()) -> list[tuple]:
+        """Read the site's database directly (SQLite file, or PostgreSQL when configured)."""
+        url = self.env["DATABASE_URL"]
+        if url.startswith("postgres"):
+            import psycopg
+
+            with psycopg.connect(url) as db:
+                return db.execute(sql, params).fetchall()
         with sqlite3.connect(self.db_path) as db:
             return db.execute(sql, params).fetchall()
 
@@ -257,3 +265,19 @@ def log_in(page, site: LiveSite) -> None:
     page.fill("input[name=password]", site.password)
     page.click("button[type=submit]")
     page.wait_for_url(f"{site.url}/")
+
+
+def shown_as(page, markdown: str) -> str:
+    """The visible text of ``markdown`` rendered by the site, laid out by this page's CSS."""
+    return page.evaluate(
+        """html => {
+            const probe = document.createElement("div");
+            probe.className = "message";
+            probe.innerHTML = `<div class="message-text markdown">${html}</div>`;
+            document.getElementById("messages").appendChild(probe);
+            const text = probe.innerText;
+            probe.remove();
+            return text;
+        }""",
+        render_markdown(markdown),
+    )

@@ -2,7 +2,8 @@
 
 import asyncio
 import json
-import re
+import re  # noqa: F401
+from html.parser import HTMLParser
 
 from channels.db import database_sync_to_async
 
@@ -22,12 +23,63 @@ def ends_reply(frame: str) -> bool:
     return 'data-role="assistant"' in frame and 'data-status="streaming"' not in frame
 
 
+VOID = {"br", "hr", "img", "input", "meta", "link", "wbr"}
+
+
+class _Frame(HTMLParser):
+    """Text per top-level element of a frame, and per ``-text``/``-tail`` part of a message."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []  # ids of the open elements ("" when none)
+        self.elements: list[tuple[dict, list[str]]] = []
+        self.parts: dict[str, list[str]] = {}
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if not self.stack:
+            self.elements.append((attrs, []))
+        if tag not in VOID:
+            self.stack.append(attrs.get("id") or "")
+
+    def handle_endtag(self, tag):
+        if self.stack:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        if not self.stack:
+            return
+        self.elements[-1][1].append(data)
+        for element_id in self.stack:
+            if element_id.endswith(("-text", "-tail")):
+                self.parts.setdefault(element_id[-4:], []).append(data)
+
+
 def text_of(frames: list[str]) -> str:
-    """The reply's text as the page has it after applying the delta frames."""
-    pieces = re.findall(
-        r'<div hx-swap-oob="beforeend:#message-\d+-text">(.*?)</div>', "".join(frames), re.S
-    )
-    return "".join(pieces)
+    """The reply's text as a page shows it after these frames, white space folded.
+
+    A whole message element (new, snapshot, resumed) sets the text; a delta
+    appends finished blocks and replaces the open tail.
+    """
+    appended, tail = "", ""
+    for frame in frames:
+        parser = _Frame()
+        parser.feed(frame)
+        for attrs, text in parser.elements:
+            swap = attrs.get("hx-swap-oob", "")
+            if attrs.get("id", "").startswith("turn-") and 'data-role="assistant"' in frame:
+                appended = "".join(parser.parts.get("text", []))
+                tail = "".join(parser.parts.get("tail", []))
+            elif swap.startswith("beforeend:#message-") and swap.endswith("-text"):
+                appended += "".join(text)
+            elif attrs.get("id", "").endswith("-tail") and swap == "true":
+                tail = "".join(text)
+    return words(appended + tail)
+
+
+def words(text: str) -> str:
+    """``text`` with its white space folded, as a rendered paragraph shows it."""
+    return " ".join(text.split())
 
 
 @database_sync_to_async

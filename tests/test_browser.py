@@ -4,7 +4,7 @@ import random
 import time
 
 import pytest
-from conftest import LONG_REPLY_TOKENS, log_in
+from conftest import LONG_REPLY_TOKENS, log_in, shown_as
 from scripted_upstream import numbered_words
 
 from conversations.demo import demo_reply_text
@@ -55,7 +55,10 @@ def test_a_typed_message_streams_a_reply_that_survives_a_reload(page, live_site)
     reply = page.locator("[data-role=assistant]").last
     assert reply.get_attribute("data-status") == "complete"
     expected = demo_reply_text("Hello there\nsecond line")
-    assert reply.inner_text() == expected
+    assert reply.inner_text() == shown_as(page, expected)
+    assert reply.locator("strong").first.inner_text() == "offline demo model"
+    assert reply.locator("table").count() == 1
+    assert reply.get_by_role("button", name="Copy").count() == 1
     assert not page.get_by_role("button", name="Stop reply").is_visible()
 
     (stored,) = live_site.query(
@@ -68,7 +71,7 @@ def test_a_typed_message_streams_a_reply_that_survives_a_reload(page, live_site)
     page.reload()
     reply = page.locator("[data-role=assistant]").last
     assert reply.get_attribute("data-status") == "complete"
-    assert reply.inner_text() == expected
+    assert reply.inner_text() == shown_as(page, expected)
     assert page.locator("[data-role=user]").last.inner_text() == "Hello there\nsecond line"
 
 
@@ -194,7 +197,9 @@ def test_stop_keeps_the_text_and_closes_the_upstream(page, live_site, live_upstr
     (stored,) = live_site.query(
         "SELECT content, status FROM conversations_message ORDER BY id DESC LIMIT 1"
     )
-    assert (stored[0], stored[1]) == (continued, "complete")
+    assert stored[1] == "complete"
+    assert stored[0].startswith(shown)
+    assert continued == shown_as(page, stored[0])
 
 
 def test_two_tabs_share_one_live_reply(browser, live_site):
