@@ -103,7 +103,10 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        env("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
+        env("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        # Channels runs database work on one thread per process: keep its connection.
+        conn_max_age=int(env("DATABASE_CONN_MAX_AGE", "60")),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -120,7 +123,15 @@ if env("REDIS_URL"):
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [env("REDIS_URL")], "capacity": 1000, "expiry": 30},
+            # Streaming sends many small messages: a deep queue per socket, and a short
+            # expiry, since a frame older than that is better replaced by a snapshot
+            # (a consumer that sees a gap in the offsets asks for one).
+            "CONFIG": {
+                "hosts": [env("REDIS_URL")],
+                "capacity": 1000,
+                "expiry": 30,
+                "prefix": env("CHANNEL_LAYER_PREFIX", "chat"),
+            },
         }
     }
 else:
