@@ -214,6 +214,8 @@ LOGGING = {
 # Empty means the bundled offline demo model (conversations.demo).
 OPENAI_BASE_URL = env("OPENAI_BASE_URL")
 OPENAI_API_KEY = env("OPENAI_API_KEY")
+# How fast the offline demo model writes (words per second).
+CHAT_DEMO_TOKENS_PER_SECOND = env_float("CHAT_DEMO_TOKENS_PER_SECOND", 60.0)
 # Empty means the upstream's first model (or the demo model).
 CHAT_MODEL = env("CHAT_MODEL")
 # Seconds without a byte from the upstream before a reply is given up as interrupted.

@@ -56,7 +56,7 @@ def control_group_name(conversation_id: int) -> str:
 
 
 def upstream_base_url() -> str:
-    return settings.OPENAI_BASE_URL or demo.demo_base_url()
+    return settings.OPENAI_BASE_URL or demo.demo_base_url(settings.CHAT_DEMO_TOKENS_PER_SECOND)
 
 
 _first_model: dict[str, str] = {}

@@ -13,7 +13,8 @@ from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
-from scripted_upstream import by_message, cut_stream, paced_words, status_error
+from hostile import STREAMABLE
+from scripted_upstream import by_message, cut_stream, paced_words, status_error, text_in_pieces
 
 from conversations.demo import ChatCompletionsServer, DemoModel, ServerThread
 from conversations.models import Conversation
@@ -210,6 +211,7 @@ def live_upstream():
         "cut-stream": cut_stream(["Half ", "a reply"]),
         # About 12 seconds of numbered words, to act on a reply in progress.
         "long-reply": paced_words(LONG_REPLY_TOKENS, tokens_per_second=50),
+        "hostile": text_in_pieces("\n\n".join(STREAMABLE)),
     }
     thread = ServerThread(by_message(scenarios, DemoModel(tokens_per_second=40))).start()
     yield thread

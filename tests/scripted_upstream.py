@@ -73,6 +73,20 @@ def paced_words(count: int, tokens_per_second: float):
     return handler
 
 
+def text_in_pieces(text: str, size: int = 7, delay: float = 0.002):
+    """Streams ``text`` in pieces of ``size`` characters, splitting tags and links apart."""
+
+    async def handler(exchange: Exchange) -> None:
+        await exchange.start()
+        for start in range(0, len(text), size):
+            await exchange.send_event(chunk("c1", "m", {"content": text[start : start + size]}))
+            await asyncio.sleep(delay)
+        await exchange.send_event(chunk("c1", "m", {}, "stop"))
+        await exchange.send_event("[DONE]")
+
+    return handler
+
+
 def cut_stream(pieces: list[str]):
     """Streams ``pieces`` and then drops the connection: no finish_reason, no [DONE]."""
 

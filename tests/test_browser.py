@@ -220,3 +220,40 @@ def test_two_tabs_share_one_live_reply(browser, live_site):
     assert reply_text(first) == reply_text(second)
     assert first.locator("[data-role=user]").count() == 1
     context.close()
+
+
+# --- model output is untrusted ------------------------------------------------------------
+
+
+def test_hostile_output_runs_nothing_and_fetches_nothing_from_elsewhere(page, live_site):
+    requests, dialogs, violations = [], [], []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    start_conversation(page, live_site)
+    send_message(page, "hostile output please")
+    reply = page.locator("[data-role=assistant][data-status=complete]")
+    reply.wait_for(timeout=30_000)
+    page.reload()  # the stored rendering too
+    page.locator("[data-role=assistant][data-status=complete]").wait_for()
+    for link in page.locator(".message a").all():
+        assert link.get_attribute("rel") == "noopener noreferrer nofollow"
+        assert link.get_attribute("target") == "_blank"
+        assert link.get_attribute("href").split(":")[0] in {"http", "https", "mailto"}
+    time.sleep(0.5)  # give anything that would load or run the time to do it
+
+    assert dialogs == []
+    assert violations == []  # nothing even tried to run inline script
+    foreign = [url for url in requests if not url.startswith((live_site.url, "data:"))]
+    assert foreign == []
+    assert any("/static/" in url for url in requests)  # the listener did see requests
+    messages = page.locator(".message")
+    for tag in ("img", "script", "iframe", "svg", "object", "embed", "form", "style", "math"):
+        assert messages.locator(tag).count() == 0, tag
+    # The attacks are shown as text.
+    assert "<script>alert(1)</script>" in page.locator("[data-role=assistant]").inner_text()

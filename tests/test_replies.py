@@ -254,6 +254,27 @@ async def test_an_interrupted_reply_can_be_continued_in_place(
     await socket.disconnect()
 
 
+@pytest.mark.parametrize(
+    ("finish_reason", "says", "offers_continue"),
+    [
+        ("length", "cut off at the model's token limit", True),
+        ("content_filter", "content filter stopped this reply", False),
+    ],
+)
+async def test_how_a_reply_finished_is_shown(
+    start_upstream, conversation, user, connect, finish_reason, says, offers_continue
+):
+    await start_upstream(text_stream(["Some text"], finish_reason=finish_reason))
+    socket = await connect(conversation, user)
+    frames = await reply_to(socket)
+    assert 'data-status="complete"' in frames[-1]
+    assert says in frames[-1]
+    assert ('value="continue"' in frames[-1]) is offers_continue
+    reply = (await messages_of(conversation))[-1]
+    assert reply.finish_reason == finish_reason
+    await socket.disconnect()
+
+
 async def test_a_complete_reply_cannot_be_continued(start_upstream, conversation, user, connect):
     await start_upstream(text_stream(["Done."]))
     socket = await connect(conversation, user)
