@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from . import replies
 from .models import Conversation, Message
-from .rendering import append_messages_html, message_html, notice_html
+from .rendering import append_messages_html, message_html, notice_html, retitled_html
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +136,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         except ActionRefused as refusal:
             await self.notify(str(refusal), refused="send")
             return
+        html = append_messages_html([sent, reply])
+        if not self.conversation.title:  # the first message names the conversation
+            self.conversation.title = sent.conversation.title
+            html += retitled_html(self.conversation)
         await self.channel_layer.group_send(
-            self.group,
-            {
-                "type": "message.created",
-                "reply_id": reply.pk,
-                "html": append_messages_html([sent, reply]),
-            },
+            self.group, {"type": "message.created", "reply_id": reply.pk, "html": html}
         )
         await replies.start_reply(reply, prompt)
 

@@ -565,6 +565,11 @@ def append_messages_html(messages) -> str:
     return f'<div hx-swap-oob="beforeend:#messages">{inner}</div>'
 
 
+def retitled_html(conversation) -> str:
+    """The conversation's new title, in the page heading and the sidebar."""
+    return render_to_string(f"{PAGE}#retitled", {"conversation": conversation})
+
+
 def notice_html(text: str, level: str = "error", refused: str = "") -> str:
     """A message about the socket itself (bad frame, refused send), shown above the composer.
 
