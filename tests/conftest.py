@@ -1,3 +1,4 @@
+import inspect
 import os
 import signal
 import socket
@@ -8,10 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
+from django.db import connections
 from django.test import Client
 from hostile import STREAMABLE
 from scripted_upstream import by_message, cut_stream, paced_words, status_error, text_in_pieces
@@ -31,6 +34,14 @@ def fresh_channel_layer():
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
+
+
+@pytest.fixture(autouse=True)
+def close_connections_after_async_tests(request):
+    """Close the connections Channels' database thread opened, so test databases can be dropped."""
+    yield
+    if inspect.iscoroutinefunction(getattr(request.node, "function", None)):
+        async_to_sync(database_sync_to_async(connections.close_all))()
 
 
 @pytest.fixture

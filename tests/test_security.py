@@ -4,7 +4,6 @@ import asyncio
 import logging
 
 import pytest
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from conftest import SITE_ORIGIN, session_cookie, socket_to
 from django.contrib.sessions.models import Session
@@ -144,8 +143,8 @@ async def test_the_api_key_never_reaches_the_page_or_the_logs(
     assert secret not in caplog.text
     await socket.disconnect()
 
-    client = await sync_to_async(logged_in_client)(user)
-    page = await sync_to_async(client.get)(conversation.get_absolute_url())
+    client = await database_sync_to_async(logged_in_client)(user)
+    page = await database_sync_to_async(client.get)(conversation.get_absolute_url())
     assert secret not in page.content.decode()
 
 
