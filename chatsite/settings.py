@@ -136,7 +136,10 @@ if env("REDIS_URL"):
     }
 else:
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}
+        "default": {
+            "BACKEND": "conversations.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 1000},
+        }
     }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -220,8 +223,13 @@ CHAT_DEMO_TOKENS_PER_SECOND = env_float("CHAT_DEMO_TOKENS_PER_SECOND", 60.0)
 CHAT_MODEL = env("CHAT_MODEL")
 # Seconds without a byte from the upstream before a reply is given up as interrupted.
 CHAT_UPSTREAM_IDLE_TIMEOUT = env_float("CHAT_UPSTREAM_IDLE_TIMEOUT", 60.0)
-# Frames to browsers are merged over at most this many seconds; the first goes at once.
-CHAT_FLUSH_INTERVAL = env_float("CHAT_FLUSH_INTERVAL", 0.025)
+# Frames to browsers: the first text of a reply goes at once; after that, text is merged
+# over a spell that grows with the replies streaming in the process (PER_REPLY seconds
+# each), between MIN and MAX, so a lone reply is near real time and a busy process
+# sends a bounded number of frames per second.
+CHAT_FLUSH_MIN_INTERVAL = env_float("CHAT_FLUSH_MIN_INTERVAL", 0.005)
+CHAT_FLUSH_MAX_INTERVAL = env_float("CHAT_FLUSH_MAX_INTERVAL", 0.1)
+CHAT_FLUSH_INTERVAL_PER_REPLY = env_float("CHAT_FLUSH_INTERVAL_PER_REPLY", 0.0005)
 # A user message longer than this (characters) is refused before anything is stored.
 CHAT_MAX_MESSAGE_CHARS = int(env("CHAT_MAX_MESSAGE_CHARS", "32000"))
 # No reply runs longer than this many seconds in all (retries included).

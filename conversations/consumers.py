@@ -17,6 +17,7 @@ from datetime import timedelta
 from importlib import import_module
 from types import SimpleNamespace
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -78,6 +79,26 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             self.orphan_check.cancel()
         if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    # Events that only forward HTML to the socket. Channels prepares the database
+    # connection before every handler; these need none, and would otherwise queue
+    # each frame behind the database thread.
+    FORWARDED = frozenset(
+        {
+            "message.created",
+            "message.resumed",
+            "reply.delta",
+            "reply.snapshot",
+            "reply.status",
+            "reply.finished",
+        }
+    )
+
+    async def dispatch(self, message):
+        if message["type"] in self.FORWARDED:
+            await getattr(self, get_handler_name(message))(message)
+        else:
+            await super().dispatch(message)
 
     # --- client actions ----------------------------------------------------
 

@@ -339,6 +339,16 @@ class Message(models.Model):
             content=content, checkpoint_at=self.checkpoint_at
         )
 
+    @classmethod
+    def checkpoint_many(cls, saves) -> None:
+        """``checkpoint`` for many streaming replies at once: one UPDATE for all of them."""
+        now = timezone.now()
+        messages = []
+        for message, content in saves:
+            message.content, message.checkpoint_at = content, now
+            messages.append(message)
+        cls.objects.streaming().bulk_update(messages, ["content", "checkpoint_at"])
+
     def reopen(self) -> bool:
         """Put an ended reply back to streaming, to continue it. False if it changed meanwhile.
 

@@ -7,13 +7,15 @@ closes. It:
 1. reads typed events from :func:`upstream.stream_chat`, retrying a busy or
    failing upstream with backoff until the first token, never after;
 2. coalesces new text into frames (at once after a quiet spell, then at most
-   one per ``CHAT_FLUSH_INTERVAL``), renders each piece once and publishes it
-   to the conversation's group with its offset in the reply;
+   one per :func:`flush_interval`, which grows with the replies streaming in the
+   process), renders each piece once and publishes it to the conversation's
+   group with its offset in the reply;
 3. answers ``reply.sync`` with a snapshot (the whole message element at a frame
    boundary), so a socket that joins late continues without gap or duplicate,
    and ``reply.stop`` by closing the upstream request;
-4. checkpoints its text every ``CHAT_CHECKPOINT_INTERVAL`` seconds (bounded by
-   time, never per token), which also shows it is alive;
+4. has its text checkpointed every ``CHAT_CHECKPOINT_INTERVAL`` seconds, with
+   every other running reply of the process in one statement (bounded by time,
+   never per token), which also shows it is alive;
 5. stores how it ended with one write, then publishes the final element.
 
 Channel-layer events it sends to the conversation group (handled in consumers.py):
@@ -128,13 +130,11 @@ class ReplyStream:
         await self.layer.group_add(control_group_name(self.conversation_id), self.control_channel)
         running[self.message.pk] = self
         _install_shutdown_hook()
+        _ensure_checkpoints()
         self.task = asyncio.create_task(self.run(), name=f"reply-{self.message.pk}")
 
     async def run(self) -> None:
-        helpers = [
-            asyncio.create_task(self._listen()),
-            asyncio.create_task(self._checkpoint_loop()),
-        ]
+        helpers = [asyncio.create_task(self._listen())]
         publisher = asyncio.create_task(self._publish_loop())
         self._reader = asyncio.create_task(self._read_upstream())
         try:
@@ -261,17 +261,17 @@ class ReplyStream:
     async def _publish_loop(self) -> None:
         """Send frames: at once after a quiet spell, else at most one per flush interval."""
         loop = asyncio.get_running_loop()
-        interval = settings.CHAT_FLUSH_INTERVAL
         while True:
             await self._wake.wait()
             self._wake.clear()
-            wait = self._last_flush + interval - loop.time()
+            wait = self._last_flush + flush_interval() - loop.time()
             if wait > 0 and not self._sync_requests and not self._ended.is_set():
                 with contextlib.suppress(TimeoutError):  # the end cuts the wait short
                     await asyncio.wait_for(self._ended.wait(), wait)
             self._last_flush = loop.time()
             await self._flush()
             if self._ended.is_set():
+                await self._flush()  # text that arrived while the last frame was sent
                 return
 
     async def _flush(self) -> None:
@@ -305,7 +305,7 @@ class ReplyStream:
             "html": html,
         }
 
-    # --- control and checkpoints -------------------------------------------
+    # --- control ------------------------------------------------------------
 
     async def _listen(self) -> None:
         while True:
@@ -316,18 +316,40 @@ class ReplyStream:
                 self._sync_requests.append(event["reply_to"])
                 self._wake.set()
 
-    async def _checkpoint_loop(self) -> None:
-        """Save the text at a bounded interval, so a crash loses at most that much."""
-        saved = self.text
-        while True:
-            await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL)
-            try:
-                await database_sync_to_async(self.message.checkpoint)(self.text)
-                saved = self.text
-            except Exception:
-                log.exception(
-                    "checkpoint of reply %s failed (%d chars)", self.message.pk, len(saved)
-                )
+
+def flush_interval() -> float:
+    """How long text is merged into one frame: longer as more replies stream in this process."""
+    spread = settings.CHAT_FLUSH_INTERVAL_PER_REPLY * len(running)
+    return min(settings.CHAT_FLUSH_MAX_INTERVAL, max(settings.CHAT_FLUSH_MIN_INTERVAL, spread))
+
+
+# --- checkpoints: one statement per interval for all the replies of a process ------
+
+_checkpoints: tuple[asyncio.AbstractEventLoop, asyncio.Task] | None = None
+
+
+def _ensure_checkpoints() -> None:
+    global _checkpoints
+    loop = asyncio.get_running_loop()
+    if _checkpoints is None or _checkpoints[0] is not loop or _checkpoints[1].done():
+        _checkpoints = (loop, loop.create_task(_checkpoint_running(), name="checkpoints"))
+
+
+async def _checkpoint_running() -> None:
+    """Save the text of every running reply every CHAT_CHECKPOINT_INTERVAL seconds.
+
+    Bounded by time, never per token: a crash loses at most one interval of
+    text, and a reply whose checkpoint goes stale has lost its process.
+    """
+    while running:
+        await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL)
+        saves = [(reply.message, reply.text) for reply in list(running.values())]
+        if not saves:
+            continue
+        try:
+            await database_sync_to_async(Message.checkpoint_many)(saves)
+        except Exception:
+            log.exception("checkpoint of %d running replies failed", len(saves))
 
 
 def retry_delay(error: upstream.UpstreamError, attempt: int, waited: float) -> float | None:
