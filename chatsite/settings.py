@@ -120,16 +120,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 if env("REDIS_URL"):
+    # Redis pub/sub: one PUBLISH per frame, delivered to the processes whose sockets
+    # listen. Nothing is queued in Redis for a process that is gone; a socket that
+    # misses a frame sees a gap in the offsets and recovers through a snapshot.
+    # (channels-redis's queueing layer lost frames under load in bench/streaming.py.)
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # Streaming sends many small messages: a deep queue per socket, and a short
-            # expiry, since a frame older than that is better replaced by a snapshot
-            # (a consumer that sees a gap in the offsets asks for one).
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
                 "hosts": [env("REDIS_URL")],
-                "capacity": 1000,
-                "expiry": 30,
                 "prefix": env("CHANNEL_LAYER_PREFIX", "chat"),
             },
         }
