@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -185,8 +186,115 @@ class Site:
         wait_for_port(self.port, self.process)
         return self
 
+    @property
+    def pids(self) -> list[int]:
+        return [self.process.pid]
+
     def stop(self) -> None:
         stop_process(self.process)
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    upstream chatsite {{
+        least_conn;
+{servers}
+    }}
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        '' close;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://chatsite;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_read_timeout 1h;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+class ProxiedSite:
+    """``count`` Daphne processes behind nginx (from Debian's packages), as one site."""
+
+    def __init__(self, tmp: Path, env: dict, count: int):
+        self.tmp = tmp
+        self.sites = []
+        for index in range(count):
+            folder = tmp / f"daphne-{index}"
+            folder.mkdir(exist_ok=True)
+            self.sites.append(Site(folder, env))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "nginx-error.log"
+        self.nginx: subprocess.Popen | None = None
+
+    def manage(self, *args: str, extra_env: dict | None = None) -> None:
+        self.sites[0].manage(*args, extra_env=extra_env)
+
+    def start(self) -> ProxiedSite:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(nginx).exists():
+            raise SystemExit("--processes needs nginx (Debian: apt-get install nginx-light)")
+        for site in self.sites:
+            site.start()
+        servers = "\n".join(f"        server 127.0.0.1:{site.port};" for site in self.sites)
+        conf = self.tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=self.tmp, port=self.port, servers=servers))
+        args = [nginx, "-c", str(conf), "-p", str(self.tmp), "-g", "daemon off;"]
+        self.nginx = start_process(args, dict(os.environ), self.tmp / "nginx.log")
+        wait_for_port(self.port, self.nginx)
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [pid for site in self.sites for pid in site.pids]
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.sites[0].process  # the one a profile attaches to
+
+    def stop(self) -> None:
+        stop_process(self.nginx)
+        for site in self.sites:
+            site.stop()
+
+
+class ProcessGroup:
+    """Several processes read as one by the Sampler: CPU and RSS added up."""
+
+    def __init__(self, pids: list[int]):
+        self.processes = [psutil.Process(pid) for pid in pids]
+
+    def oneshot(self):
+        return contextlib.nullcontext()
+
+    def cpu_times(self):
+        times = [process.cpu_times() for process in self.processes]
+        return SimpleNamespace(user=sum(t.user for t in times), system=sum(t.system for t in times))
+
+    def memory_info(self):
+        return SimpleNamespace(rss=sum(p.memory_info().rss for p in self.processes))
+
+    def num_fds(self) -> int:
+        return sum(process.num_fds() for process in self.processes)
 
 
 CREATE_USERS = """
@@ -207,7 +315,10 @@ class Sampler(threading.Thread):
 
     def __init__(self, pids: dict[str, int], interval: float = 0.1, max_seconds: float = 7200):
         super().__init__(name="sampler", daemon=True)
-        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.processes = {
+            name: ProcessGroup(pid) if isinstance(pid, list) else psutil.Process(pid)
+            for name, pid in pids.items()
+        }
         self.interval = interval
         self.max_samples = int(max_seconds / interval)
         self.samples: dict[str, list[tuple[float, float, int, int]]] = {n: [] for n in pids}
@@ -413,8 +524,11 @@ class Bench:
         self.run_id = datetime.now().strftime("%H%M%S")
 
     def start_site(self) -> tuple[Site, Sampler]:
-        site = Site(self.tmp, self.site_env).start()
-        sampler = Sampler({"daphne": site.process.pid, "upstream": self.upstream.process.pid})
+        if self.args.processes > 1:
+            site = ProxiedSite(self.tmp, self.site_env, self.args.processes).start()
+        else:
+            site = Site(self.tmp, self.site_env).start()
+        sampler = Sampler({"daphne": site.pids, "upstream": self.upstream.process.pid})
         sampler.start()
         return site, sampler
 
@@ -826,6 +940,13 @@ def parse_args(argv):
         help="use the Redis channel layer at this URL",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N Daphne processes behind nginx (needs --redis; CPU and RSS are their sums)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="record Daphne with py-spy during the largest level"
     )
     parser.add_argument("--json", type=Path, help="where to write the results")
@@ -838,6 +959,8 @@ def parse_args(argv):
     args.levels = [int(n) for n in args.streams.split(",") if n.strip()]
     if any(n < 1 for n in args.levels) or args.tokens < 1 or args.rate < 0 or args.users < 1:
         parser.error("streams, tokens and users must be positive, rate not negative")
+    if args.processes > 1 and not args.redis:
+        parser.error("--processes needs --redis: the processes share the Redis channel layer")
     return args
 
 
@@ -853,6 +976,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"Python {platform.python_version()}, {'PostgreSQL' if args.postgres else 'SQLite'}, "
         f"{'Redis' if args.redis else 'in-memory'} channel layer, "
+        f"{args.processes} Daphne process(es){' behind nginx' if args.processes > 1 else ''}, "
         "CHAT_FLUSH_INTERVAL_PER_REPLY="
         f"{os.environ.get('CHAT_FLUSH_INTERVAL_PER_REPLY') or '0.0005 (default)'}"
     )
