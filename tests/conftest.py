@@ -40,7 +40,8 @@ def fresh_channel_layer():
 def close_connections_after_async_tests(request):
     """Close the connections Channels' database thread opened, so test databases can be dropped."""
     yield
-    if inspect.iscoroutinefunction(getattr(request.node, "function", None)):
+    uses_database = request.node.get_closest_marker("django_db") is not None
+    if uses_database and inspect.iscoroutinefunction(getattr(request.node, "function", None)):
         async_to_sync(database_sync_to_async(connections.close_all))()
 
 
