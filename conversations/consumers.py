@@ -42,12 +42,13 @@ BUSY = (
 )
 
 
-class ReplyInProgress(Exception):
-    pass
-
-
 class ActionRefused(Exception):
     """An action that cannot apply; its text is shown to the user."""
+
+
+class ReplyInProgress(ActionRefused):
+    def __init__(self, message: str = BUSY):
+        super().__init__(message)
 
 
 class ConversationConsumer(AsyncWebsocketConsumer):
@@ -151,9 +152,6 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         model = self.conversation.model or await replies.default_model()
         try:
             sent, reply, prompt = await begin_reply(self.conversation.pk, content, model)
-        except ReplyInProgress:
-            await self.notify(BUSY, refused="send")
-            return
         except ActionRefused as refusal:
             await self.notify(str(refusal), refused="send")
             return
@@ -180,9 +178,6 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         """Carry on writing an interrupted, stopped or length-cut reply into the same message."""
         try:
             reply, prompt = await reopen_reply(self.conversation.pk, message_id_of(data))
-        except ReplyInProgress:
-            await self.notify(BUSY)
-            return
         except ActionRefused as refusal:
             await self.notify(str(refusal))
             return
@@ -204,9 +199,6 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             old_id, reply, prompt = await replace_reply(
                 self.conversation.pk, message_id_of(data), model
             )
-        except ReplyInProgress:
-            await self.notify(BUSY)
-            return
         except ActionRefused as refusal:
             await self.notify(str(refusal))
             return

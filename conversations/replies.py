@@ -450,6 +450,8 @@ def sweep_orphans_at_start() -> None:
     streaming; only rows whose checkpoint is stale are taken.
     """
     single_process = "InMemory" in settings.CHANNEL_LAYERS["default"]["BACKEND"]
+    if _loop_running():
+        return  # imported by code already running (the tests): not a process start
     try:
         count = sweep_orphans(stale_after=0 if single_process else None)
     except DatabaseError:  # not migrated yet: nothing to sweep
@@ -459,3 +461,11 @@ def sweep_orphans_at_start() -> None:
         return
     if count:
         log.warning("marked %d reply(s) left streaming by a stopped process as interrupted", count)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
