@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import re  # noqa: F401
 from html.parser import HTMLParser
 
 from channels.db import database_sync_to_async
