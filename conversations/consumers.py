@@ -1,6 +1,7 @@
 """The websocket adapter: validates actions, joins the group, starts and stops replies.
 
-Client to server: JSON objects with an ``action`` (``send``, ``stop``, ``sync``).
+Client to server: JSON objects with an ``action`` (``send``, ``stop``, ``continue``,
+``regenerate``, ``sync``); see the README for the protocol.
 Server to client: HTML fragments that htmx swaps by id.
 
 A consumer never streams inside ``receive``: a reply runs as its own task
