@@ -13,7 +13,7 @@ def chat(page, site, text):
     log_in(page, site)
     page.get_by_role("button", name="New conversation").first.click()
     page.wait_for_url(f"{site.url}/c/*/")
-    page.wait_for_function("document.getElementById('connection').hidden")
+    page.locator("#chat[data-socket=open]").wait_for()
     page.locator("textarea[name=content]").fill(text)
     page.locator("textarea[name=content]").press("Enter")
     page.locator("[data-role=assistant][data-status=complete]").wait_for(timeout=30_000)

@@ -17,7 +17,7 @@ def start_conversation(page, site):
     page.get_by_role("button", name="New conversation").first.click()
     page.wait_for_url(f"{site.url}/c/*/")
     # The socket is open once the page has asked to catch up.
-    page.wait_for_function("document.getElementById('connection').hidden")
+    page.locator("#chat[data-socket=open]").wait_for()
 
 
 def watch_reply(page, timeout=20.0) -> list[int]:
@@ -157,7 +157,7 @@ def test_reloads_mid_reply_lose_and_duplicate_nothing(page, live_site):
         assert LONG_TEXT.startswith(text.strip()), "the page showed a gap or a duplicate"
         seen.append(len(text))
         page.reload()
-        page.wait_for_function("document.getElementById('connection').hidden")
+        page.locator("#chat[data-socket=open]").wait_for()
     assert reply_status(page) == "streaming", "the reply ended before the tenth reload"
     assert max(seen) > 0
     page.locator("[data-role=assistant][data-status=complete]").wait_for(timeout=30_000)
@@ -209,7 +209,7 @@ def test_two_tabs_share_one_live_reply(browser, live_site):
     start_conversation(first, live_site)
     second = context.new_page()
     second.goto(first.url)
-    second.wait_for_function("document.getElementById('connection').hidden")
+    second.locator("#chat[data-socket=open]").wait_for()
 
     send_message(first, "long-reply please")
     wait_for_text(second, 30)  # the second tab sees the reply the first one started

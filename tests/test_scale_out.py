@@ -90,7 +90,7 @@ def test_a_reply_started_on_one_process_is_watched_stopped_and_continued_on_anot
     on_a.click("button[type=submit]")
     on_a.get_by_role("button", name="New conversation").first.click()
     on_a.wait_for_url(f"{first.url}/c/*/")
-    on_a.wait_for_function("document.getElementById('connection').hidden")
+    on_a.locator("#chat[data-socket=open]").wait_for()
     on_a.locator("textarea[name=content]").fill("long-reply please")
     on_a.locator("textarea[name=content]").press("Enter")
     on_a.locator("[data-role=assistant]").wait_for()

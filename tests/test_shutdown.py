@@ -26,7 +26,7 @@ def start_long_reply(browser, site):
     page.set_default_timeout(15_000)
     log_in(page, site)
     page.get_by_role("button", name="New conversation").first.click()
-    page.wait_for_function("document.getElementById('connection').hidden")
+    page.locator("#chat[data-socket=open]").wait_for()
     page.locator("textarea[name=content]").fill("long-reply please")
     page.locator("textarea[name=content]").press("Enter")
     page.wait_for_function(

@@ -64,10 +64,11 @@
     document.getElementById("notices").innerHTML = "";
   });
 
+  // Follow the reply while the reader is at the bottom. Layout is read on scroll events
+  // and written once per animation frame, not once per frame from the socket.
   var stickToBottom = true;
-  document.addEventListener("htmx:wsBeforeMessage", function () {
-    stickToBottom = nearBottom();
-  });
+  var scrollPending = false;
+  window.addEventListener("scroll", function () { stickToBottom = nearBottom(); }, { passive: true });
 
   document.addEventListener("htmx:wsAfterMessage", function () {
     var refused = document.querySelector("#notices [data-refused='send']");
@@ -76,11 +77,18 @@
       if (textarea() && textarea().value === "" && lastSent) textarea().value = lastSent;
       lastSent = "";
     }
-    if (stickToBottom) scrollToBottom();
+    if (stickToBottom && !scrollPending) {
+      scrollPending = true;
+      requestAnimationFrame(function () {
+        scrollPending = false;
+        if (stickToBottom) scrollToBottom();
+      });
+    }
   });
 
   // After every (re)connect, ask for what the page missed while it was away.
   document.addEventListener("htmx:wsOpen", function (event) {
+    document.getElementById("chat").setAttribute("data-socket", "open");
     document.getElementById("connection").hidden = true;
     var message = JSON.stringify({ action: "sync", since: lastMessageId() });
     event.detail.socketWrapper.send(message, null);
@@ -88,6 +96,7 @@
 
   document.addEventListener("htmx:wsClose", function (event) {
     var code = event.detail.event.code;
+    document.getElementById("chat").setAttribute("data-socket", "closed");
     var banner = document.getElementById("connection");
     if (!banner) return;
     if (code === 4401) {
