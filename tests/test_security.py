@@ -241,3 +241,9 @@ def test_a_user_can_delete_and_export_their_own_conversation(client, user):
     response = client.post(reverse("conversation-delete", args=[conversation.pk]))
     assert response.status_code == 302
     assert not Conversation.objects.filter(pk=conversation.pk).exists()
+
+
+def test_the_icon_is_found_without_a_login(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301
+    assert client.get(response["Location"]).status_code == 200
