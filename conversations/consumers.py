@@ -217,8 +217,15 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         """Bring a (re)connected page up to date: messages it lacks, and live snapshots."""
         since = data.get("since")
         since = since if isinstance(since, int) and not isinstance(since, bool) else 0
+        shown = data.get("shown")
+        shown = [i for i in shown[-1000:] if type(i) is int] if isinstance(shown, list) else []
         await sweep_orphans(self.conversation.pk)
-        newer, last_finished, streaming = await load_sync_state(self.conversation.pk, since)
+        newer, last_finished, streaming, gone = await load_sync_state(
+            self.conversation.pk, since, shown
+        )
+        # Messages deleted while the page was away (a reply regenerated in another tab).
+        if gone:
+            await self.send("".join(removed_html(message_id) for message_id in gone))
         if newer:
             await self.send(append_messages_html(newer))
         if last_finished is not None:
@@ -474,10 +481,12 @@ def load_messages(ids) -> list[Message]:
 
 
 @database_sync_to_async
-def load_sync_state(conversation_id: int, since: int):
+def load_sync_state(conversation_id: int, since: int, shown: list[int]):
     messages = Message.objects.filter(conversation_id=conversation_id)
     newer = list(messages.filter(pk__gt=since))
     last = messages.filter(pk__lte=since).order_by("-pk").first()
     last_finished = last if last is not None and not last.is_streaming else None
     streaming = list(messages.streaming().values_list("pk", flat=True))
-    return newer, last_finished, streaming
+    still_there = set(messages.filter(pk__in=shown).values_list("pk", flat=True))
+    gone = [message_id for message_id in shown if message_id not in still_there]
+    return newer, last_finished, streaming, gone

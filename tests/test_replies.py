@@ -300,6 +300,26 @@ async def test_regenerate_replaces_the_latest_reply(start_upstream, conversation
     await socket.disconnect()
 
 
+async def test_a_page_that_was_away_learns_of_a_regenerated_reply(
+    start_upstream, conversation, user, connect
+):
+    await start_upstream(sequence(text_stream(["First try"]), text_stream(["Second"])))
+    socket = await connect(conversation, user)
+    await reply_to(socket)
+    sent, old = await messages_of(conversation)
+    await send(socket, action="regenerate", message_id=old.pk)
+    await receive_until(socket, ends_reply)
+    await socket.disconnect()
+
+    # A tab that was offline meanwhile still shows the old reply; on reconnect it says so.
+    away = await connect(conversation, user)
+    await send(away, action="sync", since=old.pk, shown=[sent.pk, old.pk])
+    frames = [await away.receive_from(), await away.receive_from()]
+    assert f'id="turn-{old.pk}" hx-swap-oob="delete"' in frames[0]
+    assert "Second" in frames[1] and 'hx-swap-oob="beforeend:#messages"' in frames[1]
+    await away.disconnect()
+
+
 # --- shutdown and orphans ----------------------------------------------------------
 
 

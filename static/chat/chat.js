@@ -8,12 +8,13 @@
   function composer() { return document.getElementById("composer"); }
   function textarea() { return document.getElementById("composer-content"); }
 
-  function lastMessageId() {
-    var max = 0;
+  function shownMessageIds() {
+    var ids = [];
     document.querySelectorAll("#messages [data-message-id]").forEach(function (el) {
-      max = Math.max(max, parseInt(el.getAttribute("data-message-id"), 10) || 0);
+      var id = parseInt(el.getAttribute("data-message-id"), 10);
+      if (id) ids.push(id);
     });
-    return max;
+    return ids;
   }
 
   function nearBottom() {
@@ -90,7 +91,9 @@
   document.addEventListener("htmx:wsOpen", function (event) {
     document.getElementById("chat").setAttribute("data-socket", "open");
     document.getElementById("connection").hidden = true;
-    var message = JSON.stringify({ action: "sync", since: lastMessageId() });
+    var shown = shownMessageIds();
+    var since = shown.length ? Math.max.apply(null, shown) : 0;
+    var message = JSON.stringify({ action: "sync", since: since, shown: shown.slice(-1000) });
     event.detail.socketWrapper.send(message, null);
   });
 
