@@ -134,7 +134,7 @@ class ReplyStream:
         self.task = asyncio.create_task(self.run(), name=f"reply-{self.message.pk}")
 
     async def run(self) -> None:
-        helpers = [asyncio.create_task(self._listen())]
+        listener = asyncio.create_task(self._listen())
         publisher = asyncio.create_task(self._publish_loop())
         self._reader = asyncio.create_task(self._read_upstream())
         try:
@@ -142,14 +142,13 @@ class ReplyStream:
         except asyncio.CancelledError:
             # This task itself was cancelled (the loop is going away): keep what arrived.
             outcome = Outcome(Message.Status.INTERRUPTED, SHUTDOWN_ERROR)
-            await asyncio.shield(self._end(outcome, publisher, helpers))
+            await asyncio.shield(self._end(outcome, publisher, listener))
             raise
-        await self._end(outcome, publisher, helpers)
+        await self._end(outcome, publisher, listener)
 
-    async def _end(self, outcome: Outcome, publisher: asyncio.Task, helpers: list[asyncio.Task]):
+    async def _end(self, outcome: Outcome, publisher: asyncio.Task, listener: asyncio.Task):
         try:
-            for helper in helpers:
-                helper.cancel()
+            listener.cancel()
             # The publisher sends what is left and stops; frames are never cut in half.
             self._ended.set()
             self._wake.set()
