@@ -37,9 +37,6 @@ def render_user(text: str) -> str:
     return escape(text)
 
 
-render_text = render_user  # the name the rest of the code used before Markdown
-
-
 # --- links ----------------------------------------------------------------
 
 # markdown-it hands links over entity-decoded and percent-encoded (no raw spaces or

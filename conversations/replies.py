@@ -108,8 +108,9 @@ class ReplyStream:
         self.completion = upstream.Completion()
         self.base_usage = _usage_of(message)  # tokens already spent on a continued reply
         self.text = message.content  # content and refusal, as shown
-        self.renderer = StreamingRenderer()
-        self.rendered, self.tail = self.renderer.feed(self.text) if self.text else ("", "")
+        self.renderer = StreamingRenderer()  # holds the HTML of text[:sent]
+        if self.text:
+            self.renderer.feed(self.text)
         self.sent = len(self.text)  # offset up to which frames have been published
         self.notice = ""  # shown under the reply while it streams, e.g. "Retrying..."
         self.outcome_on_cancel: Outcome | None = None
@@ -277,8 +278,7 @@ class ReplyStream:
         """Publish the text not yet sent, then answer waiting sync requests at that boundary."""
         start, end = self.sent, len(self.text)
         if end > start:
-            appended, self.tail = self.renderer.feed(self.text[start:end])
-            self.rendered += appended
+            appended, tail = self.renderer.feed(self.text[start:end])
             self.sent = end
             await self.layer.group_send(
                 self.group,
@@ -287,16 +287,15 @@ class ReplyStream:
                     "message_id": self.message.pk,
                     "start": start,
                     "end": end,
-                    "html": delta_html(self.message.pk, appended, self.tail),
+                    "html": delta_html(self.message.pk, appended, tail),
                 },
             )
         while self._sync_requests:
             await self.layer.send(self._sync_requests.pop(0), self.snapshot())
 
     def snapshot(self) -> dict:
-        html = message_html(
-            self.message, rendered=self.rendered, tail=self.tail, notice=self.notice
-        )
+        rendered, tail = self.renderer.snapshot()
+        html = message_html(self.message, rendered=rendered, tail=tail, notice=self.notice)
         return {
             "type": "reply.snapshot",
             "message_id": self.message.pk,
