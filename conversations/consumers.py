@@ -160,10 +160,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if not self.conversation.title:  # the first message names the conversation
             self.conversation.title = sent.conversation.title
             html += retitled_html(self.conversation)
-        await self.channel_layer.group_send(
-            self.group, {"type": "message.created", "reply_id": reply.pk, "html": html}
-        )
-        await replies.start_reply(reply, prompt)
+        await self.start(reply, prompt, {"type": "message.created", "html": html})
 
     async def stop_reply(self, data):
         if await sweep_orphans(self.conversation.pk):
@@ -182,16 +179,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         except ActionRefused as refusal:
             await self.notify(str(refusal))
             return
-        await self.channel_layer.group_send(
-            self.group,
-            {
-                "type": "message.resumed",
-                "reply_id": reply.pk,
-                "offset": len(reply.content),
-                "html": message_html(reply),
-            },
-        )
-        await replies.start_reply(reply, prompt)
+        event = {"type": "message.resumed", "offset": len(reply.content)}
+        await self.start(reply, prompt, event | {"html": message_html(reply)})
 
     async def regenerate_reply(self, data):
         """Replace the latest reply with a new one written from the same history."""
@@ -203,14 +192,12 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         except ActionRefused as refusal:
             await self.notify(str(refusal))
             return
-        await self.channel_layer.group_send(
-            self.group,
-            {
-                "type": "message.created",
-                "reply_id": reply.pk,
-                "html": removed_html(old_id) + append_messages_html([reply]),
-            },
-        )
+        html = removed_html(old_id) + append_messages_html([reply])
+        await self.start(reply, prompt, {"type": "message.created", "html": html})
+
+    async def start(self, reply, prompt, event: dict):
+        """Show the reply on every socket of the conversation, then start writing it."""
+        await self.channel_layer.group_send(self.group, event | {"reply_id": reply.pk})
         await replies.start_reply(reply, prompt)
 
     async def sync(self, data):
