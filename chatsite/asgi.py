@@ -10,14 +10,16 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chatsite.websocket import guarded  # noqa: E402
-from conversations.replies import sweep_orphans_at_start  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
+from conversations.runtime import runtime  # noqa: E402
 
-sweep_orphans_at_start()
-
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": guarded(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
-    }
+# The runtime starts before the first request is served: it ends the replies a
+# stopped process left streaming and hooks into shutdown (see conversations/runtime.py).
+application = runtime.serving(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": guarded(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        }
+    )
 )

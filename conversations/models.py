@@ -1,13 +1,45 @@
+import math
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.urls import reverse
 from django.utils import timezone
 
 from .demo import DEMO_LABEL, DEMO_MODEL
+from .page import MessageIds
+
+BUSY = (
+    "A reply is still being written in this conversation. "
+    "Wait for it to finish or stop it, then send again."
+)
+CONTINUE_INSTRUCTION = (
+    "Continue your previous reply exactly where it stopped. "
+    "Do not repeat anything you already wrote."
+)
+
+
+class ActionRefused(Exception):
+    """An action that cannot apply; its text is shown to the user."""
+
+
+class ReplyInProgress(ActionRefused):
+    def __init__(self, message: str = BUSY):
+        super().__init__(message)
+
+
+@dataclass
+class StartedReply:
+    """A reply row that is now streaming, and what its page and its request need."""
+
+    reply: "Message"
+    prompt: list[dict]
+    added: list["Message"] = field(default_factory=list)  # new on the page: [sent, reply]
+    replaced: int | None = None  # the reply this one replaces (regenerate)
+    retitled: "Conversation | None" = None  # the conversation, when its title was just set
 
 
 def model_label(name: str) -> str:
@@ -132,10 +164,146 @@ class Conversation(models.Model):
             "messages": [{name: getattr(m, name) for name in fields} for m in messages],
         }
 
-    def prompt(self) -> list[dict]:
-        """The messages sent upstream for the next reply."""
+    def prompt(self, continuing: "Message | None" = None) -> list[dict]:
+        """The messages sent upstream for the next reply (or to carry ``continuing`` on)."""
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return system + [m.to_openai() for m in self.messages.for_prompt()]
+        history = [m.to_openai() for m in self.messages.for_prompt()]
+        if continuing is not None:
+            # The history leaves out streaming rows, so the text so far is added back here.
+            history.append({"role": "assistant", "content": continuing.content})
+            history.append({"role": "user", "content": CONTINUE_INSTRUCTION})
+        return system + history
+
+    # --- starting a reply: each stores a streaming row; the database's one-streaming-reply
+    # constraint decides races between tabs and processes, and the loser stores nothing.
+
+    def send(self, content, default_model: str) -> StartedReply:
+        """Store the user's message and the reply's row (status streaming) together.
+
+        The reply is written by the conversation's model, else ``default_model``.
+        """
+        if not isinstance(content, str) or not content.strip():
+            raise ActionRefused("Type a message first.")
+        limit = settings.CHAT_MAX_MESSAGE_CHARS
+        if len(content) > limit:
+            raise ActionRefused(
+                f"Your message is {len(content):,} characters long; the limit is {limit:,}. "
+                "Nothing was sent."
+            )
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                self.refresh_from_db()
+                self.check_limits(sending=True)
+                sent = self.messages.create(
+                    role=Message.Role.USER,
+                    content=content,
+                    status=Message.Status.COMPLETE,
+                    finished_at=now,
+                )
+                model = self.model or default_model
+                reply = self._new_reply(model, now)
+                self.updated_at = now
+                fields = ["updated_at"]
+                retitled = not self.title  # the first message names the conversation
+                if retitled:
+                    self.title = " ".join(content.split())[:80]
+                    fields.append("title")
+                if not self.model:
+                    self.model = model
+                    fields.append("model")
+                self.save(update_fields=fields)
+                prompt = self.prompt()
+        except IntegrityError as error:
+            raise ReplyInProgress from error
+        return StartedReply(reply, prompt, added=[sent, reply], retitled=self if retitled else None)
+
+    def regenerate(self, message_id, default_model: str) -> StartedReply:
+        """Delete the latest reply and start a new one from the same history."""
+        self.refresh_from_db()
+        old = self._latest_reply(message_id)
+        self.check_limits(sending=False)
+        try:
+            with transaction.atomic():
+                deleted, _ = self.messages.filter(pk=old.pk).exclude(status="streaming").delete()
+                if not deleted:
+                    raise ReplyInProgress
+                reply = self._new_reply(self.model or default_model, timezone.now())
+                prompt = self.prompt()
+        except IntegrityError as error:
+            raise ReplyInProgress from error
+        return StartedReply(reply, prompt, added=[reply], replaced=old.pk)
+
+    def resume(self, message_id) -> StartedReply:
+        """Carry an interrupted, stopped or length-cut latest reply on, in the same message."""
+        self.refresh_from_db()
+        reply = self._latest_reply(message_id)
+        if not reply.can_continue:
+            raise ActionRefused("This reply is complete; there is nothing to continue.")
+        self.check_limits(sending=False)
+        try:
+            with transaction.atomic():
+                if not reply.reopen():
+                    raise ReplyInProgress
+        except IntegrityError as error:
+            raise ReplyInProgress from error
+        return StartedReply(reply, self.prompt(continuing=reply))
+
+    def check_limits(self, *, sending: bool) -> None:
+        """The owner's limits: messages per minute, replies being written at once."""
+        now = timezone.now()
+        mine = Message.objects.filter(conversation__owner_id=self.owner_id)
+        if sending:
+            window, most = timedelta(minutes=1), settings.CHAT_MESSAGES_PER_MINUTE
+            recent = mine.filter(role=Message.Role.USER, created_at__gt=now - window)
+            times = list(recent.order_by("-created_at").values_list("created_at", flat=True)[:most])
+            if len(times) >= most:
+                wait = max(1, math.ceil((times[-1] + window - now).total_seconds()))
+                raise ActionRefused(
+                    f"You can send {most} messages a minute. Try again in {wait} s."
+                )
+        writing = mine.streaming().count()
+        if writing >= settings.CHAT_CONCURRENT_REPLIES:
+            raise ActionRefused(
+                f"You already have {writing} replies being written, the most at once. "
+                "Wait for one to finish (or stop one), then try again."
+            )
+
+    def _latest_reply(self, message_id) -> "Message":
+        last = self.messages.order_by("-pk").first()
+        if last is None or last.pk != message_id or last.role != Message.Role.ASSISTANT:
+            raise ActionRefused("Only the latest reply can be continued or regenerated.")
+        if last.is_streaming:
+            raise ReplyInProgress
+        return last
+
+    def _new_reply(self, model: str, now) -> "Message":
+        return self.messages.create(
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            model=model,
+            checkpoint_at=now,
+        )
+
+    def sync_state(self, since: int, shown: list[int]) -> "SyncState":
+        """What a page that shows messages up to ``since`` (and ``shown``) lacks."""
+        messages = self.messages.all()
+        last = messages.filter(pk__lte=since).order_by("-pk").first()
+        still_there = set(messages.filter(pk__in=shown).values_list("pk", flat=True))
+        return SyncState(
+            newer=list(messages.filter(pk__gt=since)),
+            last_finished=last if last is not None and not last.is_streaming else None,
+            streaming=list(messages.streaming().values_list("pk", flat=True)),
+            gone=[message_id for message_id in shown if message_id not in still_there],
+        )
+
+
+@dataclass
+class SyncState:
+    newer: list["Message"]  # messages after the page's last one
+    last_finished: "Message | None"  # the page's last message, final (it may have ended)
+    streaming: list[int]  # replies being written: the page needs snapshots
+    gone: list[int]  # messages of the page that were deleted (a regenerated reply)
 
 
 def _over_messages(aggregate):
@@ -204,9 +372,12 @@ class MessageQuerySet(models.QuerySet):
             .order_by("-tokens", "model")
         )
 
-    def orphaned(self, *, running=(), stale_after: float = 0.0):
-        """Streaming rows whose reply task is gone: not running here, no checkpoint for a while."""
+    def orphaned(self, *, running=(), stale_after: float = 0.0, older_than=None):
+        """Streaming rows whose reply task is gone: not running here, and no checkpoint
+        for ``stale_after`` seconds (or none since ``older_than``)."""
         cutoff = timezone.now() - timedelta(seconds=stale_after)
+        if older_than is not None:
+            cutoff = max(cutoff, older_than)
         return (
             self.streaming()
             .exclude(pk__in=list(running))
@@ -285,8 +456,8 @@ class Message(models.Model):
         return f"{self.role} message {self.pk}"
 
     @property
-    def dom_id(self) -> str:
-        return f"message-{self.pk}"
+    def ids(self) -> MessageIds:
+        return MessageIds(self.pk)
 
     @property
     def model_label(self) -> str:

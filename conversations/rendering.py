@@ -20,7 +20,6 @@ import re
 
 import nh3
 from django.template.loader import render_to_string
-from django.utils.html import escape
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import unescapeAll
 from markdown_it.token import Token
@@ -29,12 +28,9 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import find_lexer_class_by_name
 from pygments.util import ClassNotFound
 
+from .page import MessageIds
+
 PAGE = "conversations/conversation_detail.html"
-
-
-def render_user(text: str) -> str:
-    """A user's message as HTML: escaped only; CSS (white-space: pre-wrap) keeps line breaks."""
-    return escape(text)
 
 
 # --- links ----------------------------------------------------------------
@@ -219,12 +215,8 @@ SANITIZER_OPTIONS = {
     "link_rel": LINK_REL,
     "url_schemes": {"http", "https", "mailto"},
 }
-# A Cleaner is built once instead of per call, a quarter of the cost for a small tail;
-# older nh3 releases only have clean().
-if hasattr(nh3, "Cleaner"):
-    sanitize = nh3.Cleaner(**SANITIZER_OPTIONS).clean
-else:  # pragma: no cover
-    sanitize = functools.partial(nh3.clean, **SANITIZER_OPTIONS)
+# A Cleaner is built once instead of per call: a quarter of the cost for a small tail.
+sanitize = nh3.Cleaner(**SANITIZER_OPTIONS).clean
 
 
 # --- whole texts ----------------------------------------------------------
@@ -284,8 +276,8 @@ class StreamingRenderer:
     flush carries much more than that, whatever the model writes.
 
     The tail is a preview: its code is not highlighted and its newest text may
-    show raw Markdown. ``finish()`` renders what is left as final; a finished
-    message is rendered from its stored text by ``render_markdown`` anyway.
+    show raw Markdown. A finished message is rendered from its stored text by
+    ``render_markdown``.
     """
 
     def __init__(self) -> None:
@@ -314,18 +306,6 @@ class StreamingRenderer:
             # such render that completed nothing, the next ones wait for growth.
             self._list_hint_wasted = not appended
         return appended, self._tail_html
-
-    def finish(self) -> str:
-        """HTML of everything not appended yet, rendered as final (the reply is over)."""
-        if self._held_cr:
-            self._open += "\n"
-            self._held_cr = False
-        env = {"references": dict(self._references)}
-        appended = _html(_parse(self._open, env), env) if self._open else ""
-        self._appended.append(appended)
-        self._advance(len(self._open))
-        self._tail_html, self._slot, self._shown, self._pending_from = "", 0, 0, 0
-        return appended
 
     def snapshot(self) -> tuple[str, str]:
         """(all HTML appended so far, the current tail): what a page that joins now needs."""
@@ -526,45 +506,54 @@ def _break_point(text: str, low: int) -> int:
     return len(text)
 
 
-# --- fragments ------------------------------------------------------------
+# --- fragments: each one a partial of the page template ---------------------
+
+
+def _partial(name: str, context: dict) -> str:
+    return render_to_string(f"{PAGE}#{name}", context)
 
 
 def message_html(message, **context) -> str:
-    """The whole message element, exactly as the page renders it."""
-    return render_to_string(f"{PAGE}#message", {"message": message, **context})
+    """The whole turn of a message, exactly as the page renders it."""
+    return _partial("message", {"message": message, **context})
 
 
 def footer_html(message, notice: str = "") -> str:
     """The line under a reply: streaming indicator, retry notice, how it ended, usage."""
-    return render_to_string(f"{PAGE}#footer", {"message": message, "notice": notice})
+    return _partial("footer", {"message": message, "notice": notice})
 
 
 def delta_html(message_id: int, appended: str, tail: str) -> str:
-    """An out-of-band fragment that extends a streaming message in place.
+    """Extends a streaming message in place: finished blocks appended, the tail replaced.
 
     The tail element is always sent, even empty: a tail whose block has just
-    moved into the appended text must be emptied. It is swapped whole, so it
-    carries its classes.
+    moved into the appended text must be emptied.
     """
+    return _partial("delta", {"ids": MessageIds(message_id), "appended": appended, "tail": tail})
+
+
+def started_html(started) -> str:
+    """What puts a reply that starts on the page (a ``models.StartedReply``)."""
     html = ""
-    if appended:
-        html += f'<div hx-swap-oob="beforeend:#message-{message_id}-text">{appended}</div>'
-    html += (
-        f'<div id="message-{message_id}-tail" class="message-tail markdown" '
-        f'hx-swap-oob="true">{tail}</div>'
-    )
+    if started.replaced is not None:
+        html += _partial("removed", {"ids": MessageIds(started.replaced)})
+    if started.added:
+        html += _partial("added", {"messages": started.added})
+    else:  # continued: the same message, streaming again
+        html += message_html(started.reply)
+    if started.retitled is not None:
+        html += _partial("retitled", {"conversation": started.retitled})
     return html
 
 
-def append_messages_html(messages) -> str:
-    """New messages added at the end of the conversation."""
-    inner = "".join(message_html(m) for m in messages)
-    return f'<div hx-swap-oob="beforeend:#messages">{inner}</div>'
+def removed_html(message_ids) -> str:
+    """Takes deleted messages off the page."""
+    return "".join(_partial("removed", {"ids": MessageIds(pk)}) for pk in message_ids)
 
 
-def retitled_html(conversation) -> str:
-    """The conversation's new title, in the page heading and the sidebar."""
-    return render_to_string(f"{PAGE}#retitled", {"conversation": conversation})
+def added_html(messages) -> str:
+    """New messages at the end of the conversation."""
+    return _partial("added", {"messages": messages})
 
 
 def notice_html(text: str, level: str = "error", refused: str = "") -> str:
@@ -573,5 +562,4 @@ def notice_html(text: str, level: str = "error", refused: str = "") -> str:
     ``refused="send"`` tells the page its last message was not taken, so it
     puts the text back in the composer.
     """
-    context = {"notice": text, "level": level, "refused": refused}
-    return render_to_string(f"{PAGE}#notice", context)
+    return _partial("notice", {"notice": text, "level": level, "refused": refused})

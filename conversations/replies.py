@@ -1,224 +1,196 @@
-"""The reply task: runs one assistant reply from the upstream stream to the database.
+"""The reply task: one assistant reply, from the upstream's stream to the database.
 
-A reply is not its socket. It runs as its own asyncio task, started by the
-consumer that received the user's message, and lives on when that socket
-closes. It:
-
-1. reads typed events from :func:`upstream.stream_chat`, retrying a busy or
-   failing upstream with backoff until the first token, never after;
-2. coalesces new text into frames (at once after a quiet spell, then at most
-   one per :func:`flush_interval`, which grows with the replies streaming in the
-   process), renders each piece once and publishes it to the conversation's
-   group with its offset in the reply;
-3. answers ``reply.sync`` with a snapshot (the whole message element at a frame
-   boundary), so a socket that joins late continues without gap or duplicate,
-   and ``reply.stop`` by closing the upstream request;
-4. has its text checkpointed every ``CHAT_CHECKPOINT_INTERVAL`` seconds, with
-   every other running reply of the process in one statement (bounded by time,
-   never per token), which also shows it is alive;
-5. stores how it ended with one write, then publishes the final element.
-
-Channel-layer events it sends to the conversation group (handled in consumers.py):
-``reply.delta`` {message_id, start, end, html}, ``reply.status`` {message_id, html}
-and ``reply.finished`` {message_id, html}; to one socket: ``reply.snapshot``
-{message_id, offset, html}. It listens on the conversation's control group for
-``reply.stop`` and ``reply.sync`` {reply_to}.
+A reply is not its socket: it runs as its own asyncio task and lives on when
+the socket that asked for it closes. Its pieces, in the order a token meets them:
+:class:`Reply` (what has arrived), :meth:`ReplyStream._read` (the upstream,
+with retries), :class:`Publisher` (frames to the conversation's sockets), and
+:meth:`ReplyStream._end` (the one write, then the final element).
 """
 
 import asyncio
 import contextlib
 import logging
 import random
-import sys
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError
 
-from . import demo, upstream
-from .models import Message
-from .rendering import StreamingRenderer, delta_html, footer_html, message_html
+from . import upstream
+from .events import (
+    TO_REPLIES,
+    ReplyDelta,
+    ReplyFinished,
+    ReplySnapshot,
+    ReplyStarted,
+    ReplyStatus,
+    StopReply,
+    SyncReply,
+    parse,
+    reply_group,
+    sockets_group,
+)
+from .models import Message, StartedReply
+from .rendering import StreamingRenderer, delta_html, footer_html, message_html, started_html
+from .runtime import SHUTDOWN_ERROR, runtime
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_ERROR = "The server restarted while this reply was being written."
-ORPHAN_ERROR = "The server stopped while this reply was being written."
+
+async def start_reply(started: StartedReply) -> "ReplyStream":
+    """Show a reply that was just stored as streaming on every socket, and start writing it."""
+    reply = ReplyStream(started.reply, started.prompt)
+    await reply.start(started_html(started))
+    return reply
 
 
-def group_name(conversation_id: int) -> str:
-    """Every open socket of a conversation."""
-    return f"conversation-{conversation_id}"
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a reply ended: the status it is stored with, and why."""
 
-
-def control_group_name(conversation_id: int) -> str:
-    """The reply tasks of a conversation (at most one runs at a time)."""
-    return f"conversation-{conversation_id}-reply"
-
-
-def upstream_base_url() -> str:
-    return settings.OPENAI_BASE_URL or demo.demo_base_url(settings.CHAT_DEMO_TOKENS_PER_SECOND)
-
-
-_first_model: dict[str, str] = {}
-
-
-async def default_model() -> str:
-    """CHAT_MODEL, else the upstream's first listed model (asked once per process)."""
-    if settings.CHAT_MODEL:
-        return settings.CHAT_MODEL
-    if not settings.OPENAI_BASE_URL:
-        return demo.DEMO_MODEL
-    base_url = settings.OPENAI_BASE_URL
-    if base_url not in _first_model:
-        try:
-            models = await upstream.list_models(base_url, api_key=settings.OPENAI_API_KEY)
-        except upstream.UpstreamError as error:
-            # Not cached: the next message asks again. The reply itself will show the error.
-            log.warning("could not list the upstream's models: %s", error)
-            return ""
-        _first_model[base_url] = models[0] if models else ""
-    return _first_model[base_url]
-
-
-# Running replies of this process, by message id. Holding them here keeps the
-# tasks alive (asyncio keeps only weak references) and lets shutdown find them.
-running: dict[int, "ReplyStream"] = {}
-
-
-@dataclass
-class Outcome:
     status: str
     error: str = ""
 
 
-class ReplyStream:
-    """One assistant reply being written: its text so far, its offset, its subscribers.
+class Reply:
+    """Everything a reply has received: its text as shown, tool calls, finish_reason, usage.
 
-    ``message.content`` is where the text starts: empty for a new reply, the
-    text so far when an interrupted reply is continued.
+    A continued reply starts from its stored text and usage.
     """
+
+    def __init__(self, message: Message):
+        self.text = message.content  # content and refusal, in the order they arrived
+        self.finish_reason = ""
+        self.usage: upstream.Usage | None = None  # of this request
+        self.earlier_usage = _usage_of(message)  # of the requests before a continue
+        self._calls: dict[int, dict] = {}
+
+    def feed(self, event: upstream.Event) -> bool:
+        """Take one upstream event; True when the text grew."""
+        match event:
+            case upstream.TextDelta(text) | upstream.RefusalDelta(text):
+                self.text += text
+                return True
+            case upstream.ToolCallDelta(index, call_id, name, arguments):
+                call = self._calls.setdefault(
+                    index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                )
+                # The id and name come once; some servers repeat them, so the first wins.
+                call["id"] = call["id"] or call_id or ""
+                call["function"]["name"] = call["function"]["name"] or name or ""
+                call["function"]["arguments"] += arguments
+            case upstream.Finish(reason):
+                self.finish_reason = reason
+            case upstream.Usage():
+                self.usage = event
+        return False
+
+    @property
+    def tool_calls(self) -> list[dict]:
+        """OpenAI-shaped tool calls in index order; a call sent without an id gets one."""
+        return [
+            {**call, "id": call["id"] or f"call_{index}", "function": {**call["function"]}}
+            for index, call in sorted(self._calls.items())
+        ]
+
+    @property
+    def total_usage(self) -> upstream.Usage | None:
+        return add_usage(self.earlier_usage, self.usage)
+
+
+class ReplyStream:
+    """One assistant reply being written: read, published, then stored."""
 
     def __init__(self, message: Message, prompt: list[dict]):
         self.message = message
         self.prompt = prompt
-        self.conversation_id = message.conversation_id
-        self.group = group_name(self.conversation_id)
-        self.completion = upstream.Completion()
-        self.base_usage = _usage_of(message)  # tokens already spent on a continued reply
-        self.text = message.content  # content and refusal, as shown
-        self.renderer = StreamingRenderer()  # holds the HTML of text[:sent]
-        if self.text:
-            self.renderer.feed(self.text)
-        self.sent = len(self.text)  # offset up to which frames have been published
-        self.notice = ""  # shown under the reply while it streams, e.g. "Retrying..."
-        self.outcome_on_cancel: Outcome | None = None
+        self.reply = Reply(message)
         self.layer = get_channel_layer()
-        self.control_channel = ""
-        self._wake = asyncio.Event()
-        self._ended = asyncio.Event()
-        self._sync_requests: list[str] = []
-        self._last_flush = float("-inf")
-        self._reader: asyncio.Task | None = None
+        self.publisher = Publisher(message, self.reply, self.layer)
         self.task: asyncio.Task | None = None
+        self._stopped: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
+        self._control = ""  # this reply's channel in the conversation's reply group
 
-    # --- lifecycle ---------------------------------------------------------
+    async def start(self, html: str) -> None:
+        """Join the reply group first, so that a stop sent right away is heard."""
+        self._control = await self.layer.new_channel()
+        await self.layer.group_add(reply_group(self.message.conversation_id), self._control)
+        started = ReplyStarted(self.message.pk, len(self.reply.text), html)
+        await self.layer.group_send(
+            sockets_group(self.message.conversation_id), started.as_message()
+        )
+        runtime.add(self)
+        self.task = asyncio.create_task(self._run(), name=f"reply-{self.message.pk}")
 
-    async def start(self) -> None:
-        """Join the control group before returning, so a stop sent right away is heard."""
-        self.control_channel = await self.layer.new_channel()
-        await self.layer.group_add(control_group_name(self.conversation_id), self.control_channel)
-        running[self.message.pk] = self
-        _install_shutdown_hook()
-        _ensure_checkpoints()
-        self.task = asyncio.create_task(self.run(), name=f"reply-{self.message.pk}")
+    def stop(self, status: str = Message.Status.STOPPED, error: str = "") -> None:
+        """End the reply now with this status: the upstream request is closed, the text kept."""
+        if not self._stopped.done():
+            self._stopped.set_result(Ending(status, error))
 
-    async def run(self) -> None:
-        listener = asyncio.create_task(self._listen())
-        publisher = asyncio.create_task(self._publish_loop())
-        self._reader = asyncio.create_task(self._read_upstream())
+    async def _run(self) -> None:
+        listening = asyncio.create_task(self._listen())
+        self.publisher.start()
         try:
-            outcome = await self._reader
+            ending = await self._read_until_stopped()
         except asyncio.CancelledError:
             # This task itself was cancelled (the loop is going away): keep what arrived.
-            outcome = Outcome(Message.Status.INTERRUPTED, SHUTDOWN_ERROR)
-            await asyncio.shield(self._end(outcome, publisher, listener))
+            await asyncio.shield(self._end(Ending(Message.Status.INTERRUPTED, SHUTDOWN_ERROR)))
             raise
-        await self._end(outcome, publisher, listener)
-
-    async def _end(self, outcome: Outcome, publisher: asyncio.Task, listener: asyncio.Task):
-        try:
-            listener.cancel()
-            # The publisher sends what is left and stops; frames are never cut in half.
-            self._ended.set()
-            self._wake.set()
-            try:
-                await publisher
-            except Exception:  # the final element below still reaches every socket
-                log.exception("publishing reply %s failed", self.message.pk)
-            self.notice = ""
-            await database_sync_to_async(self.message.finish)(
-                status=outcome.status,
-                content=self.text,
-                tool_calls=self.completion.tool_calls,
-                finish_reason=self.completion.finish_reason,
-                usage=_add_usage(self.base_usage, self.completion.usage),
-                error=outcome.error,
-            )
-            await self.layer.group_send(
-                self.group,
-                {
-                    "type": "reply.finished",
-                    "message_id": self.message.pk,
-                    "html": message_html(self.message),
-                },
-            )
         finally:
-            running.pop(self.message.pk, None)
-            await self.layer.group_discard(
-                control_group_name(self.conversation_id), self.control_channel
-            )
+            listening.cancel()
+        await self._end(ending)
 
-    def stop(self, outcome: Outcome | None = None) -> None:
-        """End the reply now: close the upstream request and keep the text so far."""
-        if self._reader is not None and not self._reader.done():
-            self.outcome_on_cancel = outcome or Outcome(Message.Status.STOPPED)
-            self._reader.cancel()
+    async def _read_until_stopped(self) -> Ending:
+        reading = asyncio.create_task(self._read())
+        try:
+            await asyncio.wait([reading, self._stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not reading.done():
+                reading.cancel()  # closes the upstream request
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reading
+        if reading.cancelled():
+            return self._stopped.result()
+        return reading.result()  # it ended first, or before the stop reached it
 
-    # --- reading the upstream ----------------------------------------------
+    async def _listen(self) -> None:
+        while True:
+            event = parse(await self.layer.receive(self._control), TO_REPLIES)
+            match event:
+                case StopReply():
+                    self.stop()
+                case SyncReply(reply_to):
+                    self.publisher.sync(reply_to)
 
-    async def _read_upstream(self) -> Outcome:
+    # --- reading the upstream ----------------------------------------------------------
+
+    async def _read(self) -> Ending:
         limit = settings.CHAT_REPLY_TIMEOUT
         try:
             async with asyncio.timeout(limit):
                 await self._stream_with_retries()
-        except asyncio.CancelledError:
-            if self.outcome_on_cancel is not None:
-                return self.outcome_on_cancel
-            raise
         except TimeoutError:
-            return Outcome(
-                Message.Status.INTERRUPTED,
-                f"The reply took longer than the {limit:g}-second limit and was cut off.",
-            )
+            error = f"The reply took longer than the {limit:g}-second limit and was cut off."
+            return Ending(Message.Status.INTERRUPTED, error)
         except upstream.StreamInterrupted as error:
-            return Outcome(Message.Status.INTERRUPTED, str(error))
+            return Ending(Message.Status.INTERRUPTED, str(error))
         except upstream.UpstreamError as error:
-            return Outcome(Message.Status.FAILED, str(error))
+            return Ending(Message.Status.FAILED, str(error))
         except Exception:
             log.exception("reply %s failed", self.message.pk)
-            return Outcome(Message.Status.FAILED, "The reply failed because of an internal error.")
-        return Outcome(Message.Status.COMPLETE)
+            return Ending(Message.Status.FAILED, "The reply failed because of an internal error.")
+        return Ending(Message.Status.COMPLETE)
 
     async def _stream_with_retries(self) -> None:
-        """Stream the reply; a retryable failure before any token is retried with backoff."""
+        """Stream the reply; a retryable failure before any event is retried with backoff."""
         attempt, waited = 1, 0.0
         while True:
             received = False
             try:
                 events = upstream.stream_chat(
-                    upstream_base_url(),
+                    runtime.base_url(),
+                    client=runtime.http(),
                     model=self.message.model,
                     messages=self.prompt,
                     api_key=settings.OPENAI_API_KEY,
@@ -227,127 +199,135 @@ class ReplyStream:
                 async with contextlib.aclosing(events):
                     async for event in events:
                         received = True
-                        self.completion.feed(event)
-                        if isinstance(event, upstream.TextDelta | upstream.RefusalDelta):
-                            self.text += event.text
-                            self._wake.set()
+                        if self.reply.feed(event):
+                            self.publisher.wake()
                 return
             except upstream.UpstreamError as error:
                 # Once anything arrived, a retry would duplicate text (and billing).
                 delay = None if received else retry_delay(error, attempt, waited)
                 if delay is None:
                     raise
-                await self._announce_retry(error, delay, attempt)
+                await self.publisher.status(f"{error} Retrying in {delay:.1f} s…")
                 await asyncio.sleep(delay)
                 attempt, waited = attempt + 1, waited + delay
-                await self._announce_retry(None, 0, attempt)
+                limit = settings.CHAT_RETRY_ATTEMPTS
+                await self.publisher.status(f"Trying again (attempt {attempt} of {limit})…")
 
-    async def _announce_retry(self, error, delay: float, attempt: int) -> None:
-        if error is None:
-            self.notice = f"Trying again (attempt {attempt} of {settings.CHAT_RETRY_ATTEMPTS})…"
-        else:
-            self.notice = f"{error} Retrying in {delay:.1f} s…"
-        await self.layer.group_send(
-            self.group,
-            {
-                "type": "reply.status",
-                "message_id": self.message.pk,
-                "html": footer_html(self.message, notice=self.notice),
-            },
-        )
+    # --- the end -----------------------------------------------------------------------
 
-    # --- publishing --------------------------------------------------------
+    async def _end(self, ending: Ending) -> None:
+        """Publish what is left, store the reply with one write, then show its final element."""
+        try:
+            try:
+                await self.publisher.close()
+            except Exception:  # the final element below still reaches every socket
+                log.exception("publishing reply %s failed", self.message.pk)
+            await database_sync_to_async(self.message.finish)(
+                status=ending.status,
+                content=self.reply.text,
+                tool_calls=self.reply.tool_calls,
+                finish_reason=self.reply.finish_reason,
+                usage=self.reply.total_usage,
+                error=ending.error,
+            )
+            finished = ReplyFinished(self.message.pk, message_html(self.message))
+            await self.layer.group_send(
+                sockets_group(self.message.conversation_id), finished.as_message()
+            )
+        finally:
+            runtime.discard(self)
+            await self.layer.group_discard(reply_group(self.message.conversation_id), self._control)
 
-    async def _publish_loop(self) -> None:
-        """Send frames: at once after a quiet spell, else at most one per flush interval."""
+
+class Publisher:
+    """A reply's frames to its conversation's sockets, each rendered once with its offset.
+
+    The first text goes at once; after that at most one frame per
+    :func:`flush_interval`. A socket that asks (``sync``) gets a snapshot of the
+    whole message at a frame boundary, so it continues without gap or duplicate.
+    """
+
+    def __init__(self, message: Message, reply: Reply, layer):
+        self.message = message
+        self.reply = reply
+        self.layer = layer
+        self.group = sockets_group(message.conversation_id)
+        self.renderer = StreamingRenderer()  # holds the HTML of reply.text[:sent]
+        if reply.text:
+            self.renderer.feed(reply.text)
+        self.sent = len(reply.text)  # offset up to which frames have been published
+        self.notice = ""  # shown under the reply while it streams, e.g. "Retrying..."
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._sync_requests: list[str] = []
+        self._last_flush = float("-inf")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"publish-{self.message.pk}")
+
+    def wake(self) -> None:
+        """New text arrived."""
+        self._wake.set()
+
+    def sync(self, reply_to: str) -> None:
+        self._sync_requests.append(reply_to)
+        self._wake.set()
+
+    async def status(self, notice: str) -> None:
+        self.notice = notice
+        event = ReplyStatus(self.message.pk, footer_html(self.message, notice=notice))
+        await self.layer.group_send(self.group, event.as_message())
+
+    async def close(self) -> None:
+        """Publish what is left and stop; frames are never cut in half."""
+        self.notice = ""
+        self._closing.set()
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            wait = self._last_flush + flush_interval() - loop.time()
-            if wait > 0 and not self._sync_requests and not self._ended.is_set():
-                with contextlib.suppress(TimeoutError):  # the end cuts the wait short
-                    await asyncio.wait_for(self._ended.wait(), wait)
+            wait = self._last_flush + flush_interval(len(runtime.replies)) - loop.time()
+            if wait > 0 and not self._sync_requests and not self._closing.is_set():
+                with contextlib.suppress(TimeoutError):  # closing cuts the wait short
+                    await asyncio.wait_for(self._closing.wait(), wait)
             self._last_flush = loop.time()
             await self._flush()
-            if self._ended.is_set():
+            if self._closing.is_set():
                 await self._flush()  # text that arrived while the last frame was sent
                 return
 
     async def _flush(self) -> None:
         """Publish the text not yet sent, then answer waiting sync requests at that boundary."""
-        start, end = self.sent, len(self.text)
+        start, end = self.sent, len(self.reply.text)
         if end > start:
-            appended, tail = self.renderer.feed(self.text[start:end])
+            appended, tail = self.renderer.feed(self.reply.text[start:end])
             self.sent = end
-            await self.layer.group_send(
-                self.group,
-                {
-                    "type": "reply.delta",
-                    "message_id": self.message.pk,
-                    "start": start,
-                    "end": end,
-                    "html": delta_html(self.message.pk, appended, tail),
-                },
+            delta = ReplyDelta(
+                self.message.pk, start, end, delta_html(self.message.pk, appended, tail)
             )
+            await self.layer.group_send(self.group, delta.as_message())
         while self._sync_requests:
-            await self.layer.send(self._sync_requests.pop(0), self.snapshot())
+            await self.layer.send(self._sync_requests.pop(0), self.snapshot().as_message())
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> ReplySnapshot:
         rendered, tail = self.renderer.snapshot()
         html = message_html(self.message, rendered=rendered, tail=tail, notice=self.notice)
-        return {
-            "type": "reply.snapshot",
-            "message_id": self.message.pk,
-            "offset": self.sent,
-            "html": html,
-        }
-
-    # --- control ------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        while True:
-            event = await self.layer.receive(self.control_channel)
-            if event.get("type") == "reply.stop":
-                self.stop()
-            elif event.get("type") == "reply.sync" and event.get("reply_to"):
-                self._sync_requests.append(event["reply_to"])
-                self._wake.set()
+        return ReplySnapshot(self.message.pk, self.sent, html)
 
 
-def flush_interval() -> float:
-    """How long text is merged into one frame: longer as more replies stream in this process."""
-    spread = settings.CHAT_FLUSH_INTERVAL_PER_REPLY * len(running)
+# --- pure functions ------------------------------------------------------------------------
+
+
+def flush_interval(streaming: int) -> float:
+    """How long text is merged into one frame: longer as more replies stream in the process."""
+    spread = settings.CHAT_FLUSH_INTERVAL_PER_REPLY * streaming
     return min(settings.CHAT_FLUSH_MAX_INTERVAL, max(settings.CHAT_FLUSH_MIN_INTERVAL, spread))
-
-
-# --- checkpoints: one statement per interval for all the replies of a process ------
-
-_checkpoints: tuple[asyncio.AbstractEventLoop, asyncio.Task] | None = None
-
-
-def _ensure_checkpoints() -> None:
-    global _checkpoints
-    loop = asyncio.get_running_loop()
-    if _checkpoints is None or _checkpoints[0] is not loop or _checkpoints[1].done():
-        _checkpoints = (loop, loop.create_task(_checkpoint_running(), name="checkpoints"))
-
-
-async def _checkpoint_running() -> None:
-    """Save the text of every running reply every CHAT_CHECKPOINT_INTERVAL seconds.
-
-    Bounded by time, never per token: a crash loses at most one interval of
-    text, and a reply whose checkpoint goes stale has lost its process.
-    """
-    while running:
-        await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL)
-        saves = [(reply.message, reply.text) for reply in list(running.values())]
-        if not saves:
-            continue
-        try:
-            await database_sync_to_async(Message.checkpoint_many)(saves)
-        except Exception:
-            log.exception("checkpoint of %d running replies failed", len(saves))
 
 
 def retry_delay(error: upstream.UpstreamError, attempt: int, waited: float) -> float | None:
@@ -367,13 +347,7 @@ def retry_delay(error: upstream.UpstreamError, attempt: int, waited: float) -> f
     return delay
 
 
-def _usage_of(message: Message) -> upstream.Usage | None:
-    if message.total_tokens is None and message.completion_tokens is None:
-        return None
-    return upstream.Usage(message.prompt_tokens, message.completion_tokens, message.total_tokens)
-
-
-def _add_usage(first: upstream.Usage | None, second: upstream.Usage | None):
+def add_usage(first: upstream.Usage | None, second: upstream.Usage | None):
     """Tokens of a continued reply: both requests count. Unknown stays unknown."""
     if first is None or second is None:
         return second if first is None else None
@@ -388,82 +362,7 @@ def _add_usage(first: upstream.Usage | None, second: upstream.Usage | None):
     )
 
 
-async def start_reply(message: Message, prompt: list[dict]) -> ReplyStream:
-    reply = ReplyStream(message, prompt)
-    await reply.start()
-    return reply
-
-
-# --- process shutdown and orphans ---------------------------------------------
-
-
-async def interrupt_all(error: str = SHUTDOWN_ERROR, grace: float = 5.0) -> None:
-    """Store every running reply of this process as interrupted, with its text."""
-    replies = list(running.values())
-    for reply in replies:
-        reply.stop(Outcome(Message.Status.INTERRUPTED, error))
-    tasks = [reply.task for reply in replies if reply.task is not None]
-    if tasks:
-        await asyncio.wait(tasks, timeout=grace)
-
-
-_shutdown_hook_installed = False
-
-
-def _install_shutdown_hook() -> None:
-    """Under Daphne (Twisted), store in-flight replies before the reactor stops on SIGTERM."""
-    global _shutdown_hook_installed
-    if _shutdown_hook_installed or "twisted.internet.reactor" not in sys.modules:
-        return
-    from twisted.internet import defer, reactor
-
-    def before_shutdown():
-        return defer.Deferred.fromFuture(asyncio.ensure_future(interrupt_all()))
-
-    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
-    _shutdown_hook_installed = True
-
-
-def sweep_orphans(conversation_id: int | None = None, *, stale_after: float | None = None) -> int:
-    """Mark streaming rows whose reply task is gone as interrupted (sync; call from a thread).
-
-    A live reply checkpoints every CHAT_CHECKPOINT_INTERVAL seconds, so a row not
-    running in this process and not checkpointed for CHAT_ORPHAN_AFTER seconds
-    has lost its process.
-    """
-    if stale_after is None:
-        stale_after = settings.CHAT_ORPHAN_AFTER
-    messages = Message.objects.all()
-    if conversation_id is not None:
-        messages = messages.filter(conversation_id=conversation_id)
-    orphans = messages.orphaned(running=list(running), stale_after=stale_after)
-    return orphans.interrupt(ORPHAN_ERROR)
-
-
-def sweep_orphans_at_start() -> None:
-    """At process start, end the replies a crashed process left streaming.
-
-    With the in-memory channel layer this is the only process, so every
-    streaming row is an orphan. With a shared layer other processes may be
-    streaming; only rows whose checkpoint is stale are taken.
-    """
-    single_process = "InMemory" in settings.CHANNEL_LAYERS["default"]["BACKEND"]
-    if _loop_running():
-        return  # imported by code already running (the tests): not a process start
-    try:
-        count = sweep_orphans(stale_after=0 if single_process else None)
-    except DatabaseError:  # not migrated yet: nothing to sweep
-        return
-    except Exception:  # never keep the site from starting
-        log.exception("could not look for replies left streaming")
-        return
-    if count:
-        log.warning("marked %d reply(s) left streaming by a stopped process as interrupted", count)
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+def _usage_of(message: Message) -> upstream.Usage | None:
+    if message.total_tokens is None and message.completion_tokens is None:
+        return None
+    return upstream.Usage(message.prompt_tokens, message.completion_tokens, message.total_tokens)

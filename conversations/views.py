@@ -6,8 +6,9 @@ from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from . import replies
+from . import page
 from .models import Conversation, model_label
+from .runtime import runtime
 
 
 def own_conversation(request, pk) -> Conversation:
@@ -37,7 +38,7 @@ def conversation_create(request):
 @login_required
 def conversation_detail(request, pk):
     conversation = own_conversation(request, pk)
-    replies.sweep_orphans(conversation.pk)
+    runtime.sweep_orphans(conversation.pk)
     return render(
         request,
         "conversations/conversation_detail.html",
@@ -45,7 +46,7 @@ def conversation_detail(request, pk):
             "conversation": conversation,
             "messages": list(conversation.messages.all()),
             "conversations": Conversation.objects.owned_by(request.user)[:200],
-            "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+            **page.context(),
         },
     )
 

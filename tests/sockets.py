@@ -5,6 +5,9 @@ import json
 from html.parser import HTMLParser
 
 from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
 
 
 async def receive_until(communicator, predicate, seconds=5.0) -> list[str]:
@@ -16,6 +19,13 @@ async def receive_until(communicator, predicate, seconds=5.0) -> list[str]:
             frames.append(frame)
             if predicate(frame):
                 return frames
+
+
+async def eventually(condition, seconds=5.0):
+    """Wait until ``await condition()`` is true (polling), or fail after ``seconds``."""
+    async with asyncio.timeout(seconds):
+        while not await condition():  # noqa: ASYNC110 (a database state has no event)
+            await asyncio.sleep(0.01)
 
 
 def ends_reply(frame: str) -> bool:
@@ -88,3 +98,24 @@ def messages_of(conversation):
 
 async def send(communicator, **data):
     await communicator.send_to(text_data=json.dumps(data))
+
+
+SITE_ORIGIN = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
+
+
+@database_sync_to_async
+def session_cookie(user) -> bytes:
+    """A real logged-in session for ``user``, as the browser's cookie header."""
+    client = Client()
+    client.force_login(user)
+    name = settings.SESSION_COOKIE_NAME
+    return f"{name}={client.cookies[name].value}".encode()
+
+
+def socket_to(conversation_id: int, headers=()) -> WebsocketCommunicator:
+    """A websocket through the whole ASGI stack (origin checks, sessions, routing)."""
+    from chatsite.asgi import application
+
+    return WebsocketCommunicator(
+        application, f"/ws/conversations/{conversation_id}/", headers=list(headers)
+    )

@@ -4,7 +4,6 @@ import asyncio
 
 import pytest
 from channels.db import database_sync_to_async
-from conftest import SITE_ORIGIN, session_cookie, socket_to
 from django.db.backends.utils import CursorWrapper
 from scripted_upstream import (
     cut_stream,
@@ -15,11 +14,21 @@ from scripted_upstream import (
     tokens,
     tool_call_stream,
 )
-from sockets import ends_reply, messages_of, receive_until, send, text_of, words
+from sockets import (
+    SITE_ORIGIN,
+    ends_reply,
+    messages_of,
+    receive_until,
+    send,
+    session_cookie,
+    socket_to,
+    text_of,
+    words,
+)
 
-from conversations import replies
-from conversations.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from conversations.models import Message
+from conversations.page import CLOSE_LOGGED_OUT, CLOSE_NOT_FOUND
+from conversations.runtime import runtime
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -228,7 +237,7 @@ async def test_closing_the_socket_does_not_cancel_the_reply(
     await receive_until(socket, lambda f: "kept" in f)
     await socket.disconnect()
     hold.set()
-    (reply_stream,) = replies.running.values()
+    (reply_stream,) = runtime.replies.values()
     await asyncio.wait_for(reply_stream.task, 5)
     reply = (await messages_of(conversation))[-1]
     assert (reply.status, reply.content) == (Message.Status.COMPLETE, "kept going")
@@ -315,7 +324,7 @@ async def test_an_oversized_message_is_refused_before_anything_is_stored(
 
 async def test_sockets_need_a_logged_in_owner(conversation, other_user):
     cases = [
-        ([], CLOSE_UNAUTHENTICATED),  # no session
+        ([], CLOSE_LOGGED_OUT),  # no session
         ([(b"cookie", await session_cookie(other_user))], CLOSE_NOT_FOUND),  # not the owner
     ]
     for cookie, code in cases:

@@ -6,7 +6,13 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from conversations.models import Conversation, Message, model_label
+from conversations.models import (
+    CONTINUE_INSTRUCTION,
+    ActionRefused,
+    Conversation,
+    Message,
+    model_label,
+)
 from conversations.upstream import Usage
 
 pytestmark = pytest.mark.django_db
@@ -161,3 +167,106 @@ def test_urls_and_labels(conversation, settings):
     settings.OPENAI_BASE_URL = "http://127.0.0.1:11434/v1"
     assert model_label("llama3.2") == "llama3.2"
     assert model_label("") == "the server's default model"
+
+
+# --- starting a reply, without a socket ---------------------------------------------------
+
+
+def test_send_stores_the_message_and_a_streaming_reply(conversation):
+    conversation.title = ""
+    conversation.save()
+    started = conversation.send("  Hello   there ", "fallback-model")
+    sent, reply_row = started.added
+    assert (sent.role, sent.content, sent.status) == ("user", "  Hello   there ", "complete")
+    assert (reply_row.role, reply_row.status, reply_row.model) == (
+        "assistant",
+        "streaming",
+        "test-model",
+    )
+    assert started.reply == reply_row and started.replaced is None
+    assert started.prompt == [{"role": "user", "content": "  Hello   there "}]
+    assert started.retitled == conversation
+    assert Conversation.objects.get(pk=conversation.pk).title == "Hello there"
+    with pytest.raises(ActionRefused, match="still being written"):
+        conversation.send("Again", "fallback-model")
+    assert conversation.messages.count() == 2  # the refused message stored nothing
+
+
+def test_send_takes_the_default_model_when_the_conversation_names_none(user):
+    conversation = Conversation.objects.create(owner=user)
+    started = conversation.send("Hi", "fallback-model")
+    assert started.reply.model == "fallback-model"
+    assert Conversation.objects.get(pk=conversation.pk).model == "fallback-model"
+
+
+@pytest.mark.parametrize(
+    ("content", "refusal"),
+    [("", "Type a message first"), ("   ", "Type a message first"), (7, "Type a message")],
+)
+def test_send_refuses_what_is_not_a_message(conversation, content, refusal):
+    with pytest.raises(ActionRefused, match=refusal):
+        conversation.send(content, "m")
+    assert not conversation.messages.exists()
+
+
+def test_send_refuses_an_over_long_message(conversation, settings):
+    settings.CHAT_MAX_MESSAGE_CHARS = 10
+    with pytest.raises(ActionRefused, match="11 characters long; the limit is 10"):
+        conversation.send("x" * 11, "m")
+    assert not conversation.messages.exists()
+
+
+def test_limits_count_the_owners_messages_and_replies(conversation, settings):
+    settings.CHAT_MESSAGES_PER_MINUTE = 2
+    settings.CHAT_CONCURRENT_REPLIES = 5
+    for text in ("one", "two"):
+        started = conversation.send(text, "m")
+        started.reply.finish(status=Message.Status.COMPLETE, content="ok")
+    with pytest.raises(ActionRefused, match=r"2 messages a minute. Try again in \d+ s"):
+        conversation.send("three", "m")
+    conversation.check_limits(sending=False)  # regenerate and continue are not messages
+    settings.CHAT_CONCURRENT_REPLIES = 1
+    other = Conversation.objects.create(owner=conversation.owner)
+    reply(other)
+    with pytest.raises(ActionRefused, match="1 replies being written"):
+        conversation.check_limits(sending=False)
+
+
+def test_regenerate_replaces_only_the_latest_finished_reply(conversation):
+    first = conversation.send("Hi", "m")
+    with pytest.raises(ActionRefused, match="still being written"):
+        conversation.regenerate(first.reply.pk, "m")
+    first.reply.finish(status=Message.Status.COMPLETE, content="Hello")
+    with pytest.raises(ActionRefused, match="Only the latest reply"):
+        conversation.regenerate(first.added[0].pk, "m")
+    again = conversation.regenerate(first.reply.pk, "m")
+    assert again.replaced == first.reply.pk and again.added == [again.reply]
+    assert not Message.objects.filter(pk=first.reply.pk).exists()
+    assert again.prompt == [{"role": "user", "content": "Hi"}]
+
+
+def test_resume_carries_an_interrupted_reply_on(conversation):
+    started = conversation.send("Hi", "m")
+    started.reply.finish(status=Message.Status.COMPLETE, content="Done", finish_reason="stop")
+    with pytest.raises(ActionRefused, match="nothing to continue"):
+        conversation.resume(started.reply.pk)
+    Message.objects.filter(pk=started.reply.pk).update(status=Message.Status.INTERRUPTED)
+    resumed = conversation.resume(started.reply.pk)
+    assert resumed.reply.pk == started.reply.pk and resumed.reply.is_streaming
+    assert resumed.added == [] and resumed.replaced is None
+    assert resumed.prompt == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Done"},
+        {"role": "user", "content": CONTINUE_INSTRUCTION},
+    ]
+
+
+def test_sync_state_says_what_a_page_lacks(conversation):
+    first = conversation.send("Hi", "m")
+    first.reply.finish(status=Message.Status.COMPLETE, content="Hello")
+    second = conversation.send("More", "m")
+    state = conversation.sync_state(first.reply.pk, [first.added[0].pk, first.reply.pk, 10**6])
+    assert state.newer == second.added
+    assert state.last_finished == first.reply
+    assert state.streaming == [second.reply.pk]
+    assert state.gone == [10**6]

@@ -15,10 +15,10 @@ from scripted_upstream import (
     status_error,
     text_stream,
 )
-from sockets import ends_reply, messages_of, receive_until, send, text_of, words
+from sockets import ends_reply, eventually, messages_of, receive_until, send, text_of, words
 
-from conversations import replies
 from conversations.models import Message
+from conversations.runtime import ORPHAN_ERROR, SHUTDOWN_ERROR, runtime
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -171,7 +171,11 @@ async def test_stop_before_the_first_token(start_upstream, conversation, user, c
     socket = await connect(conversation, user)
     await send(socket, action="send", content="hi")
     await receive_until(socket, lambda f: 'data-status="streaming"' in f)
-    await asyncio.sleep(0.1)  # the request has reached the upstream
+
+    async def upstream_asked():
+        return bool(server.exchanges)
+
+    await eventually(upstream_asked)
     await send(socket, action="stop")
     frames = await receive_until(socket, ends_reply)
     assert 'data-status="stopped"' in frames[-1]
@@ -217,7 +221,11 @@ async def test_a_long_reply_is_checkpointed_by_time(
     socket = await connect(conversation, user)
     await send(socket, action="send", content="hi")
     await receive_until(socket, lambda f: "Saved so far" in f)
-    await asyncio.sleep(0.35)
+
+    async def saved():
+        return (await messages_of(conversation))[-1].content != ""
+
+    await eventually(saved)
     reply = (await messages_of(conversation))[-1]
     assert (reply.status, reply.content) == (Message.Status.STREAMING, "Saved so far")
     assert reply.checkpoint_at is not None
@@ -331,14 +339,14 @@ async def test_shutdown_stores_running_replies_as_interrupted(
     socket = await connect(conversation, user)
     await send(socket, action="send", content="hi")
     await receive_until(socket, lambda f: "Written before shutdown" in f)
-    await replies.interrupt_all()
+    await runtime.shutdown()
     frames = await receive_until(socket, ends_reply)
     assert 'data-status="interrupted"' in frames[-1]
     reply = (await messages_of(conversation))[-1]
     assert reply.status == Message.Status.INTERRUPTED
     assert reply.content == "Written before shutdown"
-    assert reply.error == replies.SHUTDOWN_ERROR
-    assert replies.running == {}
+    assert reply.error == SHUTDOWN_ERROR
+    assert runtime.replies == {}
     hold.set()
     await socket.disconnect()
 
@@ -364,7 +372,7 @@ async def test_an_orphaned_reply_is_interrupted_when_the_conversation_is_opened(
     assert f'id="message-{lost.pk}"' in frame and 'data-status="interrupted"' in frame
     (stored,) = await messages_of(conversation)
     assert (stored.status, stored.content) == (Message.Status.INTERRUPTED, "Checkpointed text")
-    assert stored.error == replies.ORPHAN_ERROR
+    assert stored.error == ORPHAN_ERROR
     await socket.disconnect()
 
 
@@ -391,8 +399,8 @@ async def test_a_live_reply_is_never_taken_for_an_orphan(
     socket = await connect(conversation, user)
     await send(socket, action="send", content="hi")
     await receive_until(socket, lambda f: "alive" in f)
-    await asyncio.sleep(0.5)
-    assert await database_sync_to_async(replies.sweep_orphans)(conversation.pk) == 0
+    await asyncio.sleep(0.5)  # longer than CHAT_ORPHAN_AFTER: not synchronisation
+    assert await database_sync_to_async(runtime.sweep_orphans)(conversation.pk) == []
     hold.set()
     frames = await receive_until(socket, ends_reply)
     assert 'data-status="complete"' in frames[-1]

@@ -5,14 +5,21 @@ import logging
 
 import pytest
 from channels.db import database_sync_to_async
-from conftest import SITE_ORIGIN, session_cookie, socket_to
 from django.contrib.sessions.models import Session
 from django.urls import reverse
 from scripted_upstream import status_error, text_stream
-from sockets import ends_reply, messages_of, receive_until, send
+from sockets import (
+    SITE_ORIGIN,
+    ends_reply,
+    messages_of,
+    receive_until,
+    send,
+    session_cookie,
+    socket_to,
+)
 
-from conversations.consumers import CLOSE_UNAUTHENTICATED, max_frame_chars
 from conversations.models import Conversation, Message
+from conversations.page import CLOSE_LOGGED_OUT, max_frame_chars
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -75,7 +82,7 @@ async def test_logging_out_elsewhere_ends_the_sockets_rights(
     assert "logged out" in await socket.receive_from()
     assert await socket.receive_output() == {
         "type": "websocket.close",
-        "code": CLOSE_UNAUTHENTICATED,
+        "code": CLOSE_LOGGED_OUT,
     }
     assert await messages_of(conversation) == []
     assert server.exchanges == []

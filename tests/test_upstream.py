@@ -3,7 +3,6 @@
 import asyncio
 import json
 import socket
-import threading
 import time
 from email.utils import formatdate
 
@@ -13,7 +12,6 @@ import pytest
 from conversations import upstream
 from conversations.demo import ChatCompletionsServer, DemoModel, chunk, demo_reply_text
 from conversations.upstream import (
-    Completion,
     ConnectError,
     Finish,
     HTTPStatusError,
@@ -82,31 +80,30 @@ async def serve():
     yield start
     for server in servers:
         await server.close()
-    await upstream.close_client()
 
 
-async def collect(server, **kwargs) -> list:
+@pytest.fixture
+async def client():
+    http = upstream.new_client()
+    yield http
+    await http.aclose()
+
+
+async def collect(client, server, **kwargs) -> list:
     kwargs.setdefault("model", MODEL)
     kwargs.setdefault("messages", MESSAGES)
-    return [event async for event in stream_chat(server.base_url, **kwargs)]
+    return [event async for event in stream_chat(server.base_url, client=client, **kwargs)]
 
 
-async def collect_until_error(server, **kwargs) -> tuple[list, UpstreamError]:
+async def collect_until_error(client, server, **kwargs) -> tuple[list, UpstreamError]:
     """The events that arrived before the stream failed, and the error."""
     kwargs.setdefault("model", MODEL)
     kwargs.setdefault("messages", MESSAGES)
     events = []
     with pytest.raises(UpstreamError) as info:
-        async for event in stream_chat(server.base_url, **kwargs):
+        async for event in stream_chat(server.base_url, client=client, **kwargs):
             events.append(event)
     return events, info.value
-
-
-def complete(events) -> Completion:
-    completion = Completion()
-    for event in events:
-        completion.feed(event)
-    return completion
 
 
 def free_port() -> int:
@@ -119,7 +116,7 @@ def free_port() -> int:
 # --- deltas ------------------------------------------------------------------
 
 
-async def test_role_only_and_empty_deltas_yield_nothing(serve):
+async def test_role_only_and_empty_deltas_yield_nothing(serve, client):
     server = await serve(
         streaming(
             c({"role": "assistant", "content": ""}),
@@ -132,10 +129,10 @@ async def test_role_only_and_empty_deltas_yield_nothing(serve):
             c({}, "stop"),
         )
     )
-    assert await collect(server) == [TextDelta("Hi"), TextDelta(" there"), Finish("stop")]
+    assert await collect(client, server) == [TextDelta("Hi"), TextDelta(" there"), Finish("stop")]
 
 
-async def test_chunks_without_choices(serve):
+async def test_chunks_without_choices(serve, client):
     azure_filter = {
         "id": "",
         "object": "",
@@ -154,22 +151,21 @@ async def test_chunks_without_choices(serve):
             c(usage={"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}),
         )
     )
-    assert await collect(server) == [TextDelta("ok"), Finish("stop"), Usage(3, 1, 4)]
+    assert await collect(client, server) == [TextDelta("ok"), Finish("stop"), Usage(3, 1, 4)]
 
 
-async def test_usage_absent_stays_none_and_missing_fields_stay_none(serve):
+async def test_usage_absent_and_missing_usage_fields(serve, client):
     server = await serve(streaming(c({"content": "ok"}), c({}, "stop")))
-    completion = complete(await collect(server))
-    assert completion.usage is None
+    assert await collect(client, server) == [TextDelta("ok"), Finish("stop")]
 
     server = await serve(
         streaming(c({"content": "ok"}), c({}, "stop"), c(usage={"prompt_tokens": 5}))
     )
-    completion = complete(await collect(server))
-    assert completion.usage == Usage(prompt_tokens=5, completion_tokens=None, total_tokens=None)
+    events = await collect(client, server)
+    assert events[-1] == Usage(prompt_tokens=5, completion_tokens=None, total_tokens=None)
 
 
-async def test_parallel_tool_calls_merge_by_index(serve):
+async def test_parallel_tool_calls_keep_their_index(serve, client):
     def call(index, arguments, **first):
         body = {"index": index, "function": {"arguments": arguments}}
         if first:
@@ -189,45 +185,32 @@ async def test_parallel_tool_calls_merge_by_index(serve):
             c({}, "tool_calls"),
         )
     )
-    events = await collect(server)
-    assert events[0] == ToolCallDelta(0, "call_a", "get_weather", "")
-    assert events[-1] == Finish("tool_calls")
-    completion = complete(events)
-    assert completion.tool_calls == [
-        {
-            "id": "call_a",
-            "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-        },
-        {
-            "id": "call_b",
-            "type": "function",
-            "function": {"name": "get_time", "arguments": '{"tz": "UTC"}'},
-        },
+    assert await collect(client, server) == [
+        ToolCallDelta(0, "call_a", "get_weather", ""),
+        ToolCallDelta(1, "call_b", "get_time", ""),
+        ToolCallDelta(0, None, None, '{"city": '),
+        ToolCallDelta(1, None, None, '{"tz": "UTC"}'),
+        ToolCallDelta(0, None, None, '"Paris"}'),
+        Finish("tool_calls"),
     ]
-    assert completion.finish_reason == "tool_calls"
-    assert completion.content == ""
 
 
-async def test_whole_tool_calls_without_index(serve):
+async def test_whole_tool_calls_without_index(serve, client):
     # Older Ollama / vLLM: every call complete in one delta, no "index".
     calls = [
         {"id": "call_1", "type": "function", "function": {"name": "a", "arguments": '{"x": 1}'}},
         {"id": "call_2", "type": "function", "function": {"name": "b", "arguments": {"y": 2}}},
     ]
     server = await serve(streaming(c({"tool_calls": calls}), c({}, "tool_calls")))
-    events = await collect(server)
+    events = await collect(client, server)
     assert events[:2] == [
         ToolCallDelta(0, "call_1", "a", '{"x": 1}'),
         ToolCallDelta(1, "call_2", "b", '{"y": 2}'),  # an object becomes JSON text
     ]
-    assert [json.loads(t["function"]["arguments"]) for t in complete(events).tool_calls] == [
-        {"x": 1},
-        {"y": 2},
-    ]
+    assert [json.loads(event.arguments) for event in events[:2]] == [{"x": 1}, {"y": 2}]
 
 
-async def test_legacy_function_call(serve):
+async def test_legacy_function_call(serve, client):
     server = await serve(
         streaming(
             c({"role": "assistant", "function_call": {"name": "lookup", "arguments": ""}}),
@@ -236,19 +219,16 @@ async def test_legacy_function_call(serve):
             c({}, "function_call"),
         )
     )
-    events = await collect(server)
+    events = await collect(client, server)
     assert events == [
         ToolCallDelta(0, None, "lookup", ""),
         ToolCallDelta(0, None, None, '{"q": '),
         ToolCallDelta(0, None, None, '"cats"}'),
         Finish("function_call"),
     ]
-    (call,) = complete(events).tool_calls
-    assert call["function"] == {"name": "lookup", "arguments": '{"q": "cats"}'}
-    assert call["id"] == "call_0"  # none was sent; the next turn needs one
 
 
-async def test_refusal_deltas(serve):
+async def test_refusal_deltas(serve, client):
     server = await serve(
         streaming(
             c({"role": "assistant", "content": None, "refusal": ""}),
@@ -257,38 +237,33 @@ async def test_refusal_deltas(serve):
             c({}, "stop"),
         )
     )
-    events = await collect(server)
+    events = await collect(client, server)
     assert events == [RefusalDelta("I can't"), RefusalDelta(" help with that."), Finish("stop")]
-    completion = complete(events)
-    assert completion.refusal == "I can't help with that."
-    assert completion.to_message()["refusal"] == completion.refusal
 
 
 @pytest.mark.parametrize(
     "reason", ["stop", "length", "tool_calls", "content_filter", "function_call"]
 )
-async def test_every_finish_reason_with_content_in_the_same_chunk(serve, reason):
+async def test_every_finish_reason_with_content_in_the_same_chunk(serve, client, reason):
     server = await serve(streaming(c({"content": "a"}), c({"content": "b"}, reason)))
-    events = await collect(server)
+    events = await collect(client, server)
     assert events == [TextDelta("a"), TextDelta("b"), Finish(reason)]
-    completion = complete(events)
-    assert (completion.content, completion.finish_reason) == ("ab", reason)
 
 
-async def test_other_choices_are_ignored(serve):
+async def test_other_choices_are_ignored(serve, client):
     two = c()
     two["choices"] = [
         {"index": 1, "delta": {"content": "B"}, "finish_reason": None},
         {"index": 0, "delta": {"content": "A"}, "finish_reason": None},
     ]
     server = await serve(streaming(two, c({"content": "!"}), c({}, "stop")))
-    assert await collect(server) == [TextDelta("A"), TextDelta("!"), Finish("stop")]
+    assert await collect(client, server) == [TextDelta("A"), TextDelta("!"), Finish("stop")]
 
 
 # --- how the stream ends -----------------------------------------------------
 
 
-async def test_done_ends_the_stream_without_waiting_for_eof(serve):
+async def test_done_ends_the_stream_without_waiting_for_eof(serve, client):
     body = sse_body(c({"content": "x"}), c({}, "stop")) + sse_body(c({"content": "late"}))
 
     async def handler(exchange):
@@ -297,41 +272,41 @@ async def test_done_ends_the_stream_without_waiting_for_eof(serve):
         await asyncio.sleep(10)  # keeps the connection open: only [DONE] can end this
 
     server = await serve(handler)
-    events = await asyncio.wait_for(collect(server), 2)
+    events = await asyncio.wait_for(collect(client, server), 2)
     assert events == [TextDelta("x"), Finish("stop")]
 
 
-async def test_eof_without_done_after_finish_is_normal(serve):
+async def test_eof_without_done_after_finish_is_normal(serve, client):
     server = await serve(streaming(c({"content": "x"}), c({}, "stop"), done=False))
-    assert await collect(server) == [TextDelta("x"), Finish("stop")]
+    assert await collect(client, server) == [TextDelta("x"), Finish("stop")]
 
 
-async def test_eof_without_finish_raises_interrupted(serve):
+async def test_eof_without_finish_raises_interrupted(serve, client):
     server = await serve(streaming(c({"content": "x"}), done=False))
-    events, error = await collect_until_error(server)
+    events, error = await collect_until_error(client, server)
     assert events == [TextDelta("x")]
     assert type(error) is StreamInterrupted
     assert error.retryable
     assert "finish" in str(error)
 
 
-async def test_done_without_finish_is_normal(serve):
+async def test_done_without_finish_is_normal(serve, client):
     # [DONE] is the server saying it is done; trust it.
     server = await serve(streaming(c({"content": "x"})))
-    assert await collect(server) == [TextDelta("x")]
+    assert await collect(client, server) == [TextDelta("x")]
 
 
-async def test_eof_of_unchunked_body_after_finish(serve):
+async def test_eof_of_unchunked_body_after_finish(serve, client):
     async def handler(exchange):
         await exchange.start(chunked=False)  # the body ends when the connection closes
         await exchange.write(sse_body(c({"content": "x"}), c({}, "stop"), done=False))
         exchange.writer.close()
 
     server = await serve(handler)
-    assert await collect(server) == [TextDelta("x"), Finish("stop")]
+    assert await collect(client, server) == [TextDelta("x"), Finish("stop")]
 
 
-async def test_cut_connection_after_finish_is_normal(serve):
+async def test_cut_connection_after_finish_is_normal(serve, client):
     async def handler(exchange):
         await exchange.start()
         await exchange.send_event(c({"content": "x"}))
@@ -340,10 +315,10 @@ async def test_cut_connection_after_finish_is_normal(serve):
         exchange.abort()
 
     server = await serve(handler)
-    assert await collect(server) == [TextDelta("x"), Finish("stop")]
+    assert await collect(client, server) == [TextDelta("x"), Finish("stop")]
 
 
-async def test_cut_connection_before_finish_raises_interrupted(serve):
+async def test_cut_connection_before_finish_raises_interrupted(serve, client):
     async def handler(exchange):
         await exchange.start()
         await exchange.send_event(c({"content": "x"}))
@@ -351,13 +326,13 @@ async def test_cut_connection_before_finish_raises_interrupted(serve):
         exchange.abort()
 
     server = await serve(handler)
-    events, error = await collect_until_error(server)
+    events, error = await collect_until_error(client, server)
     assert events == [TextDelta("x")]
     assert type(error) is StreamInterrupted
     assert error.retryable
 
 
-async def test_cut_inside_an_http_chunk_raises_interrupted(serve):
+async def test_cut_inside_an_http_chunk_raises_interrupted(serve, client):
     async def handler(exchange):
         await exchange.start()
         await exchange.send_event(c({"content": "x"}))
@@ -368,12 +343,12 @@ async def test_cut_inside_an_http_chunk_raises_interrupted(serve):
         exchange.abort()
 
     server = await serve(handler)
-    events, error = await collect_until_error(server)
+    events, error = await collect_until_error(client, server)
     assert events == [TextDelta("x")]
     assert type(error) is StreamInterrupted
 
 
-async def test_idle_timeout(serve):
+async def test_idle_timeout(serve, client):
     async def handler(exchange):
         await exchange.start()
         await exchange.send_event(c({"content": "x"}))
@@ -381,7 +356,7 @@ async def test_idle_timeout(serve):
 
     server = await serve(handler)
     started = time.monotonic()
-    events, error = await collect_until_error(server, idle_timeout=0.3)
+    events, error = await collect_until_error(client, server, idle_timeout=0.3)
     assert time.monotonic() - started < 3
     assert events == [TextDelta("x")]
     assert isinstance(error, IdleTimeout)
@@ -390,23 +365,23 @@ async def test_idle_timeout(serve):
     assert "0.3 s" in str(error)
 
 
-async def test_idle_timeout_after_finish_is_normal(serve):
+async def test_idle_timeout_after_finish_is_normal(serve, client):
     async def handler(exchange):
         await exchange.start()
         await exchange.send_event(c({}, "stop"))
         await asyncio.sleep(5)  # neither usage nor [DONE] ever comes
 
     server = await serve(handler)
-    assert await collect(server, idle_timeout=0.3) == [Finish("stop")]
+    assert await collect(client, server, idle_timeout=0.3) == [Finish("stop")]
 
 
 # --- errors ------------------------------------------------------------------
 
 
-async def test_error_object_mid_stream(serve):
+async def test_error_object_mid_stream(serve, client):
     error = {"message": "The server had an error while processing", "type": "server_error"}
     server = await serve(streaming(c({"content": "x"}), {"error": error}))
-    events, exc = await collect_until_error(server)
+    events, exc = await collect_until_error(client, server)
     assert events == [TextDelta("x")]
     assert type(exc) is StreamError
     assert "The server had an error while processing" in str(exc)
@@ -414,17 +389,17 @@ async def test_error_object_mid_stream(serve):
     assert exc.retryable
 
 
-async def test_error_string_mid_stream(serve):
+async def test_error_string_mid_stream(serve, client):
     server = await serve(streaming({"error": "model crashed"}))
-    _, exc = await collect_until_error(server)
+    _, exc = await collect_until_error(client, server)
     assert type(exc) is StreamError
     assert "model crashed" in str(exc)
     assert not exc.retryable
 
 
-async def test_malformed_json_raises_stream_error(serve):
+async def test_malformed_json_raises_stream_error(serve, client):
     server = await serve(streaming(c({"content": "x"}), '{"choices": [' + "x" * 1000))
-    events, exc = await collect_until_error(server)
+    events, exc = await collect_until_error(client, server)
     assert events == [TextDelta("x")]
     assert type(exc) is StreamError
     assert str(exc).startswith("upstream sent malformed data: ")
@@ -474,14 +449,14 @@ async def test_malformed_json_raises_stream_error(serve):
         ),
     ],
 )
-async def test_http_error_bodies(serve, status, content_type, body, expected, code):
+async def test_http_error_bodies(serve, client, status, content_type, body, expected, code):
     async def handler(exchange):
         data = (json.dumps(body) if isinstance(body, dict) else body).encode()
         await exchange.start(status, content_type)  # chunked, like a streaming proxy
         await exchange.write(data)
 
     server = await serve(handler)
-    _, exc = await collect_until_error(server)
+    _, exc = await collect_until_error(client, server)
     assert type(exc) is HTTPStatusError
     assert exc.status_code == status
     assert expected in str(exc)
@@ -499,90 +474,92 @@ def _with_status(status, body: bytes, headers=None):
     return handler
 
 
-async def test_http_error_long_text_is_truncated(serve):
+async def test_http_error_long_text_is_truncated(serve, client):
     server = await serve(_with_status(500, b"y" * 5000))
-    _, exc = await collect_until_error(server)
+    _, exc = await collect_until_error(client, server)
     assert type(exc) is HTTPStatusError
     assert "yyyy" in str(exc)
     assert len(str(exc)) < 700
 
 
 @pytest.mark.parametrize("status", [401, 403])
-async def test_auth_errors_say_check_the_api_key(serve, status):
+async def test_auth_errors_say_check_the_api_key(serve, client, status):
     async def handler(exchange):
         await exchange.respond_json(status, {"error": {"message": "Forbidden.", "code": None}})
 
     server = await serve(handler)
-    _, exc = await collect_until_error(server, api_key=SECRET)
+    _, exc = await collect_until_error(client, server, api_key=SECRET)
     assert type(exc) is HTTPStatusError
     assert "Forbidden" in str(exc)
     assert "Check the API key" in str(exc)
     assert not exc.retryable
 
 
-async def test_404_names_the_model(serve):
+async def test_404_names_the_model(serve, client):
     async def handler(exchange):
         await exchange.respond_json(404, {"error": {"message": "Not found"}})
 
     server = await serve(handler)
-    _, exc = await collect_until_error(server)
+    _, exc = await collect_until_error(client, server)
     assert type(exc) is HTTPStatusError
     assert MODEL in str(exc)
     assert "Not found" in str(exc)
     assert not exc.retryable
 
 
-async def test_retry_after_seconds(serve):
+async def test_retry_after_seconds(serve, client):
     async def handler(exchange):
         error = {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}
         await exchange.respond_json(429, {"error": error}, {"Retry-After": "7"})
 
     server = await serve(handler)
-    _, exc = await collect_until_error(server)
+    _, exc = await collect_until_error(client, server)
     assert type(exc) is HTTPStatusError
     assert (exc.status_code, exc.retry_after, exc.code) == (429, 7.0, "rate_limit_exceeded")
     assert exc.retryable
     assert "Rate limit reached" in str(exc)
 
 
-async def test_retry_after_http_date(serve):
+async def test_retry_after_http_date(serve, client):
     when = formatdate(time.time() + 30, usegmt=True)
     server = await serve(_with_status(503, b"overloaded", {"Retry-After": when}))
-    _, exc = await collect_until_error(server)
+    _, exc = await collect_until_error(client, server)
     assert exc.status_code == 503
     assert 25 <= exc.retry_after <= 31
     assert exc.retryable
 
 
-async def test_redirect_is_an_error(serve):
+async def test_redirect_is_an_error(serve, client):
     server = await serve(_with_status(301, b"", {"Location": "https://example.com/v1/"}))
-    _, exc = await collect_until_error(server)
+    _, exc = await collect_until_error(client, server)
     assert type(exc) is HTTPStatusError
     assert "https://example.com/v1/" in str(exc)
 
 
-async def test_connection_refused():
+async def test_connection_refused(client):
     port = free_port()
     with pytest.raises(ConnectError) as info:
-        async for _ in stream_chat(f"http://127.0.0.1:{port}/v1", model=MODEL, messages=MESSAGES):
+        async for _ in stream_chat(
+            f"http://127.0.0.1:{port}/v1", client=client, model=MODEL, messages=MESSAGES
+        ):
             pass
     assert str(info.value) == f"Could not connect to 127.0.0.1:{port}: connection refused."
     assert info.value.retryable
     assert info.value.status_code is None
-    await upstream.close_client()
 
 
-async def test_dns_failure():
+async def test_dns_failure(client):
     with pytest.raises(ConnectError) as info:
-        async for _ in stream_chat("http://nonexistent.invalid/v1", model=MODEL, messages=[]):
+        async for _ in stream_chat(
+            "http://nonexistent.invalid/v1", client=client, model=MODEL, messages=[]
+        ):
             pass
     assert "nonexistent.invalid:80" in str(info.value)
     assert "resolve" in str(info.value)
     assert info.value.retryable
-    await upstream.close_client()
 
 
-async def test_tls_failure():
+async def test_tls_failure(client):
     """An https URL pointing at a server that does not speak TLS."""
 
     async def not_tls(reader, writer):
@@ -594,16 +571,17 @@ async def test_tls_failure():
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(ConnectError) as info:
-            async for _ in stream_chat(f"https://127.0.0.1:{port}/v1", model=MODEL, messages=[]):
+            async for _ in stream_chat(
+                f"https://127.0.0.1:{port}/v1", client=client, model=MODEL, messages=[]
+            ):
                 pass
         assert "TLS" in str(info.value)
         assert f"127.0.0.1:{port}" in str(info.value)
     finally:
         server.close()
-        await upstream.close_client()
 
 
-async def test_api_key_never_appears_in_errors(serve):
+async def test_api_key_never_appears_in_errors(serve, client):
     async def echo_key(exchange):
         key = exchange.headers["authorization"].removeprefix("Bearer ")
         if exchange.path.endswith("/models"):
@@ -624,13 +602,13 @@ async def test_api_key_never_appears_in_errors(serve):
     errors = []
     for content in ("status", "midstream", "malformed"):
         messages = [{"role": "user", "content": content}]
-        _, exc = await collect_until_error(server, messages=messages, api_key=SECRET)
+        _, exc = await collect_until_error(client, server, messages=messages, api_key=SECRET)
         errors.append(exc)
     with pytest.raises(HTTPStatusError) as info:
-        await list_models(server.base_url, api_key=SECRET)
+        await list_models(server.base_url, client=client, api_key=SECRET)
     errors.append(info.value)
     with pytest.raises(ConnectError) as info:
-        await list_models(f"http://127.0.0.1:{free_port()}/v1", api_key=SECRET)
+        await list_models(f"http://127.0.0.1:{free_port()}/v1", client=client, api_key=SECRET)
     errors.append(info.value)
 
     assert [type(e) for e in errors] == [
@@ -660,7 +638,7 @@ def test_retryable_by_status():
 # --- the SSE framing ---------------------------------------------------------
 
 
-async def test_comments_and_other_fields_are_ignored(serve):
+async def test_comments_and_other_fields_are_ignored(serve, client):
     body = (
         ": ping\n\n"
         ": OPENROUTER PROCESSING\n\n"
@@ -672,29 +650,29 @@ async def test_comments_and_other_fields_are_ignored(serve):
         "data: [DONE]\n\n"
     )
     server = await serve(raw(body.encode()))
-    assert await collect(server) == [TextDelta("a"), TextDelta("b"), Finish("stop")]
+    assert await collect(client, server) == [TextDelta("a"), TextDelta("b"), Finish("stop")]
 
 
 @pytest.mark.parametrize("newline", ["\r\n", "\r"])
-async def test_crlf_and_cr_line_endings(serve, newline):
+async def test_crlf_and_cr_line_endings(serve, client, newline):
     body = sse_body(c({"content": "a"}), c({"content": "b"}, "stop"), newline=newline)
     server = await serve(raw(body))
-    assert await collect(server) == [TextDelta("a"), TextDelta("b"), Finish("stop")]
+    assert await collect(client, server) == [TextDelta("a"), TextDelta("b"), Finish("stop")]
 
 
-async def test_raw_line_and_paragraph_separators_stay_in_the_text(serve):
+async def test_raw_line_and_paragraph_separators_stay_in_the_text(serve, client):
     text = "one\u2028two\u2029three\x85four"
     server = await serve(raw(sse_body(c({"content": text}), c({}, "stop"))))
-    assert await collect(server) == [TextDelta(text), Finish("stop")]
+    assert await collect(client, server) == [TextDelta(text), Finish("stop")]
 
 
-async def test_last_event_without_blank_line(serve):
+async def test_last_event_without_blank_line(serve, client):
     body = sse_body(c({"content": "a"}), done=False) + f"data: {json.dumps(c({}, 'stop'))}".encode()
     server = await serve(raw(body))
-    assert await collect(server) == [TextDelta("a"), Finish("stop")]
+    assert await collect(client, server) == [TextDelta("a"), Finish("stop")]
 
 
-async def test_missing_content_type(serve):
+async def test_missing_content_type(serve, client):
     async def handler(exchange):
         # Written by hand: Exchange.start always sends a Content-Type.
         exchange.writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
@@ -702,10 +680,10 @@ async def test_missing_content_type(serve):
         await exchange.writer.drain()
 
     server = await serve(handler)
-    assert await collect(server) == [TextDelta("a"), Finish("stop")]
+    assert await collect(client, server) == [TextDelta("a"), Finish("stop")]
 
 
-async def test_whole_json_completion_when_stream_is_ignored(serve):
+async def test_whole_json_completion_when_stream_is_ignored(serve, client):
     completion = {
         "id": "chatcmpl-1",
         "object": "chat.completion",
@@ -734,7 +712,7 @@ async def test_whole_json_completion_when_stream_is_ignored(serve):
         await exchange.respond_json(200, completion)
 
     server = await serve(handler)
-    assert await collect(server) == [
+    assert await collect(client, server) == [
         TextDelta("Let me look."),
         ToolCallDelta(0, "call_9", "search", '{"q": "x"}'),
         Finish("tool_calls"),
@@ -742,9 +720,9 @@ async def test_whole_json_completion_when_stream_is_ignored(serve):
     ]
 
 
-async def test_html_page_with_200_is_an_error(serve):
+async def test_html_page_with_200_is_an_error(serve, client):
     server = await serve(raw(b"<!doctype html><html>Welcome</html>", content_type="text/html"))
-    _, exc = await collect_until_error(server)
+    _, exc = await collect_until_error(client, server)
     assert type(exc) is UpstreamError
     assert "base URL" in str(exc)
     assert not exc.retryable
@@ -779,12 +757,12 @@ REALISTIC_EVENTS = [
 ]
 
 
-async def test_whole_delivery(serve):
+async def test_whole_delivery(serve, client):
     server = await serve(raw(sse_body(*REALISTIC, newline="\r\n")))
-    assert await collect(server) == REALISTIC_EVENTS
+    assert await collect(client, server) == REALISTIC_EVENTS
 
 
-async def test_byte_by_byte_delivery(serve):
+async def test_byte_by_byte_delivery(serve, client):
     body = sse_body(*REALISTIC, newline="\r\n")
 
     async def handler(exchange):
@@ -795,10 +773,10 @@ async def test_byte_by_byte_delivery(serve):
                 await asyncio.sleep(0.001)
 
     server = await serve(handler)
-    assert await collect(server) == REALISTIC_EVENTS
+    assert await collect(client, server) == REALISTIC_EVENTS
 
 
-async def test_multibyte_character_split_between_writes(serve):
+async def test_multibyte_character_split_between_writes(serve, client):
     body = sse_body(c({"content": "a😀b"}), c({}, "stop"))
     cut = body.index("😀".encode()) + 2
 
@@ -809,7 +787,7 @@ async def test_multibyte_character_split_between_writes(serve):
         await exchange.write(body[cut:])
 
     server = await serve(handler)
-    assert await collect(server) == [TextDelta("a😀b"), Finish("stop")]
+    assert await collect(client, server) == [TextDelta("a😀b"), Finish("stop")]
 
 
 # --- closing early -----------------------------------------------------------
@@ -826,21 +804,21 @@ def slow_stream():
     return handler
 
 
-async def test_aclose_closes_the_connection(serve):
+async def test_aclose_closes_the_connection(serve, client):
     server = await serve(slow_stream())
-    gen = stream_chat(server.base_url, model=MODEL, messages=MESSAGES)
+    gen = stream_chat(server.base_url, client=client, model=MODEL, messages=MESSAGES)
     assert await anext(gen) == TextDelta("word ")
     await gen.aclose()
     (exchange,) = server.exchanges
     await asyncio.wait_for(exchange.disconnected.wait(), 1)
 
 
-async def test_cancelling_the_consumer_closes_the_connection(serve):
+async def test_cancelling_the_consumer_closes_the_connection(serve, client):
     server = await serve(slow_stream())
     first = asyncio.Event()
 
     async def consume():
-        async for _ in stream_chat(server.base_url, model=MODEL, messages=MESSAGES):
+        async for _ in stream_chat(server.base_url, client=client, model=MODEL, messages=MESSAGES):
             first.set()
 
     task = asyncio.create_task(consume())
@@ -855,17 +833,20 @@ async def test_cancelling_the_consumer_closes_the_connection(serve):
 # --- the request -------------------------------------------------------------
 
 
-async def test_request_body_and_headers(serve):
+async def test_request_body_and_headers(serve, client):
     server = await serve(streaming(c({}, "stop")))
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     async for _ in stream_chat(
         server.base_url + "/",
+        client=client,
         model=MODEL,
         messages=MESSAGES,
         extra={"temperature": 0.5, "tools": tools},
     ):
         pass
-    async for _ in stream_chat(server.base_url, model=MODEL, messages=MESSAGES, api_key=SECRET):
+    async for _ in stream_chat(
+        server.base_url, client=client, model=MODEL, messages=MESSAGES, api_key=SECRET
+    ):
         pass
 
     without_key, with_key = server.exchanges
@@ -893,54 +874,39 @@ async def test_given_client_is_used(serve):
         seen.append(request.url.path)
 
     async with httpx.AsyncClient(event_hooks={"request": [record]}) as client:
-        events = await collect(server, client=client)
+        events = await collect(client, server)
         assert await list_models(server.base_url, client=client) == ["demo"]
-    assert complete(events).finish_reason == "stop"
+    assert Finish("stop") in events
     assert seen == ["/v1/chat/completions", "/v1/models"]
 
 
-async def test_get_client_is_shared_per_loop():
-    client = upstream.get_client()
-    assert upstream.get_client() is client
-
-    other = []
-    thread = threading.Thread(target=lambda: other.append(asyncio.run(_client_in_new_loop())))
-    thread.start()
-    thread.join(5)
-    assert other and other[0] is not client
-
-    await upstream.close_client()
-    assert client.is_closed
-    assert upstream.get_client() is not client
-    await upstream.close_client()
-
-
-async def _client_in_new_loop():
-    client = upstream.get_client()
-    await upstream.close_client()
-    return client
+async def test_new_client_is_configured_for_upstreams():
+    client = upstream.new_client()
+    try:
+        assert client.timeout == httpx.Timeout(60.0, connect=10.0)
+        assert not client.follow_redirects
+    finally:
+        await client.aclose()
 
 
 # --- the demo model ----------------------------------------------------------
 
 
-async def test_demo_model_stream(serve):
+async def test_demo_model_stream(serve, client):
     server = await serve(DemoModel(tokens_per_second=0))
     messages = [{"role": "user", "content": "Tell me something"}]
-    events = await collect(server, model="demo", messages=messages)
-    completion = complete(events)
-    assert completion.content == demo_reply_text("Tell me something")
-    assert completion.finish_reason == "stop"
-    assert completion.usage is not None
-    assert completion.usage.completion_tokens > 100
-    assert completion.usage.total_tokens == (
-        completion.usage.prompt_tokens + completion.usage.completion_tokens
-    )
-    assert completion.tool_calls == []
-    assert isinstance(events[-1], Usage)
+    events = await collect(client, server, model="demo", messages=messages)
+    text = "".join(event.text for event in events if isinstance(event, TextDelta))
+    assert text == demo_reply_text("Tell me something")
+    assert events[-2] == Finish("stop")
+    usage = events[-1]
+    assert isinstance(usage, Usage)
+    assert usage.completion_tokens > 100
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert not any(isinstance(event, ToolCallDelta) for event in events)
 
 
-async def test_demo_model_tool_call(serve):
+async def test_demo_model_tool_call(serve, client):
     server = await serve(DemoModel(tokens_per_second=0))
     tools = [
         {
@@ -952,63 +918,36 @@ async def test_demo_model_tool_call(serve):
         }
     ]
     messages = [{"role": "user", "content": "Use a tool for this"}]
-    completion = complete(
-        await collect(server, model="demo", messages=messages, extra={"tools": tools})
-    )
-    assert completion.finish_reason == "tool_calls"
-    assert completion.content == ""
-    (call,) = completion.tool_calls
-    assert call["id"].startswith("call_")
-    assert call["type"] == "function"
-    assert call["function"]["name"] == "web_search"
-    assert json.loads(call["function"]["arguments"]) == {"query": "Use a tool for this"}
-    message = completion.to_message()
-    assert message["content"] is None
-    assert message["tool_calls"] == completion.tool_calls
+    events = await collect(client, server, model="demo", messages=messages, extra={"tools": tools})
+    assert Finish("tool_calls") in events
+    assert not any(isinstance(event, TextDelta) for event in events)
+    calls = [event for event in events if isinstance(event, ToolCallDelta)]
+    assert {call.index for call in calls} == {0}
+    assert calls[0].id.startswith("call_")
+    assert calls[0].name == "web_search"
+    assert all(call.id is None and call.name is None for call in calls[1:])
+    arguments = "".join(call.arguments for call in calls)
+    assert json.loads(arguments) == {"query": "Use a tool for this"}
 
 
-async def test_list_models(serve):
+async def test_list_models(serve, client):
     server = await serve(DemoModel())
-    assert await list_models(server.base_url) == ["demo"]
-    assert await list_models(server.base_url + "/") == ["demo"]
+    assert await list_models(server.base_url, client=client) == ["demo"]
+    assert await list_models(server.base_url + "/", client=client) == ["demo"]
     (exchange, _) = server.exchanges
     assert (exchange.method, exchange.path) == ("GET", "/v1/models")
 
 
-async def test_list_models_errors(serve):
+async def test_list_models_errors(serve, client):
     async def handler(exchange):
         await exchange.respond_json(401, {"error": {"message": "Missing bearer token"}})
 
     server = await serve(handler)
     with pytest.raises(HTTPStatusError) as info:
-        await list_models(server.base_url)
+        await list_models(server.base_url, client=client)
     assert "Missing bearer token" in str(info.value)
     assert "Check the API key" in str(info.value)
 
     server = await serve(raw(b"not json", content_type="application/json"))
     with pytest.raises(UpstreamError, match="malformed model list"):
-        await list_models(server.base_url)
-
-
-# --- Completion --------------------------------------------------------------
-
-
-def test_completion_accumulates():
-    completion = Completion()
-    for event in [
-        TextDelta("Hel"),
-        TextDelta("lo"),
-        ToolCallDelta(1, "call_b", "b", "{}"),
-        ToolCallDelta(0, "call_a", "a", '{"k"'),
-        ToolCallDelta(0, "call_a", "a", ': "v"}'),  # a server repeating id and name
-        Finish("tool_calls"),
-        Usage(1, 2, 3),
-    ]:
-        completion.feed(event)
-    assert completion.content == "Hello"
-    assert completion.content == "Hello"  # reading twice is stable
-    assert [call["id"] for call in completion.tool_calls] == ["call_a", "call_b"]
-    assert completion.tool_calls[0]["function"] == {"name": "a", "arguments": '{"k": "v"}'}
-    assert (completion.finish_reason, completion.usage) == ("tool_calls", Usage(1, 2, 3))
-    assert Completion().usage is None
-    assert Completion().finish_reason is None
+        await list_models(server.base_url, client=client)

@@ -97,14 +97,19 @@
     event.detail.socketWrapper.send(message, null);
   });
 
+  // The application's close codes, named by the page (data-close-* on #chat).
+  function closeCode(name) {
+    return parseInt(document.getElementById("chat").getAttribute("data-close-" + name), 10);
+  }
+
   document.addEventListener("htmx:wsClose", function (event) {
     var code = event.detail.event.code;
     document.getElementById("chat").setAttribute("data-socket", "closed");
     var banner = document.getElementById("connection");
     if (!banner) return;
-    if (code === 4401) {
+    if (code === closeCode("logged-out")) {
       banner.textContent = "You are logged out. Reload the page to log in again.";
-    } else if (code === 4404) {
+    } else if (code === closeCode("not-found")) {
       banner.textContent = "This conversation no longer exists.";
     } else {
       banner.textContent = "Connection lost. Reconnecting…";

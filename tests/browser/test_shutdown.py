@@ -4,7 +4,7 @@ import signal
 import time
 
 import pytest
-from conftest import LONG_REPLY_TOKENS, LiveSite, log_in
+from live import LONG_REPLY_TOKENS, LiveSite, log_in
 from scripted_upstream import numbered_words
 
 pytestmark = pytest.mark.browser
@@ -65,7 +65,9 @@ def test_sigterm_stores_the_reply_as_interrupted_with_its_text(browser, own_site
 
 def test_after_sigkill_no_reply_stays_streaming(browser, own_site):
     context, page = start_long_reply(browser, own_site)
-    time.sleep(1.2)  # past at least one checkpoint interval (0.5 s here)
+    deadline = time.monotonic() + 10
+    while not last_reply(own_site)[0] and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the first checkpoint (every 0.5 s here) is stored
     shown = page.locator("[data-role=assistant]").inner_text().strip()
     own_site.stop(signal.SIGKILL)
 

@@ -1,7 +1,7 @@
 """Reviewing in the admin, in headless Chromium against the live site."""
 
 import pytest
-from conftest import log_in
+from live import log_in
 
 pytestmark = pytest.mark.browser
 

@@ -4,7 +4,7 @@ import random
 import time
 
 import pytest
-from conftest import LONG_REPLY_TOKENS, log_in, shown_as
+from live import LONG_REPLY_TOKENS, log_in, shown_as
 from scripted_upstream import numbered_words
 
 from conversations.demo import demo_reply_text
@@ -246,7 +246,7 @@ def test_hostile_output_runs_nothing_and_fetches_nothing_from_elsewhere(page, li
         assert link.get_attribute("rel") == "noopener noreferrer nofollow"
         assert link.get_attribute("target") == "_blank"
         assert link.get_attribute("href").split(":")[0] in {"http", "https", "mailto"}
-    time.sleep(0.5)  # give anything that would load or run the time to do it
+    page.wait_for_load_state("networkidle")  # anything that would load has tried
 
     assert dialogs == []
     assert violations == []  # nothing even tried to run inline script

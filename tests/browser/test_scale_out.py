@@ -10,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from conftest import LONG_REPLY_TOKENS, LiveSite, shown_as
+from live import LONG_REPLY_TOKENS, LiveSite, shown_as
 from scripted_upstream import numbered_words
 
 SERVER_URL = os.environ.get("DATABASE_URL", "")

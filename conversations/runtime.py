@@ -1,0 +1,179 @@
+"""This process's chat runtime: the replies it runs and what they share.
+
+One object, ``runtime``, lives from the process's first request to its
+shutdown. It holds the running replies (which keeps their tasks alive and lets
+shutdown find them), the loop that checkpoints them, the HTTP client for the
+upstream, the upstream's default model, and the offline demo model's server.
+"""
+
+import asyncio
+import logging
+import sys
+
+import httpx
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
+
+from . import demo, upstream
+from .models import Message
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_ERROR = "The server restarted while this reply was being written."
+ORPHAN_ERROR = "The server stopped while this reply was being written."
+
+
+class Runtime:
+    def __init__(self) -> None:
+        # Every reply row this process makes is checkpointed after this moment.
+        self.created_at = timezone.now()
+        self.replies: dict = {}  # message id -> replies.ReplyStream
+        self._started = False
+        self._checkpoints: asyncio.Task | None = None
+        # An AsyncClient's pool belongs to the event loop it first ran on.
+        self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+        self._first_models: dict[str, str] = {}
+        self._demo: demo.ServerThread | None = None
+
+    # --- start and shutdown -------------------------------------------------------------
+
+    def serving(self, application):
+        """``application``, starting this runtime before it serves the first request."""
+
+        async def app(scope, receive, send):
+            if not self._started:
+                self._started = True
+                self._hook_shutdown()
+                await database_sync_to_async(self._sweep_at_start)()
+            return await application(scope, receive, send)
+
+        return app
+
+    def _sweep_at_start(self) -> None:
+        try:
+            ended = self.sweep_orphans()
+        except DatabaseError:  # not migrated yet: nothing to sweep
+            return
+        except Exception:  # never keep the site from serving
+            log.exception("could not look for replies left streaming")
+            return
+        if ended:
+            log.warning(
+                "marked %d reply(s) left streaming by a stopped process as interrupted", len(ended)
+            )
+
+    def _hook_shutdown(self) -> None:
+        """Under Daphne (Twisted), store running replies before the reactor stops on SIGTERM."""
+        if "twisted.internet.reactor" not in sys.modules:
+            return
+        from twisted.internet import defer, reactor
+
+        def before_shutdown():
+            return defer.Deferred.fromFuture(asyncio.ensure_future(self.shutdown()))
+
+        reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Store every running reply as interrupted, with its text; close the HTTP client."""
+        running = list(self.replies.values())
+        for reply in running:
+            reply.stop(Message.Status.INTERRUPTED, SHUTDOWN_ERROR)
+        tasks = [reply.task for reply in running if reply.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        if self._http is not None:
+            _, client = self._http
+            self._http = None
+            await client.aclose()
+
+    # --- the upstream ------------------------------------------------------------------
+
+    def http(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http[0] is not loop or self._http[1].is_closed:
+            self._http = (loop, upstream.new_client())
+        return self._http[1]
+
+    def base_url(self) -> str:
+        """OPENAI_BASE_URL, else the offline demo model, started on first use."""
+        if settings.OPENAI_BASE_URL:
+            return settings.OPENAI_BASE_URL
+        if self._demo is None:
+            self._demo = demo.ServerThread(demo.DemoModel(settings.CHAT_DEMO_TOKENS_PER_SECOND))
+            self._demo.start()
+        return self._demo.base_url
+
+    async def default_model(self) -> str:
+        """CHAT_MODEL, else the upstream's first listed model (asked once per base URL)."""
+        if settings.CHAT_MODEL:
+            return settings.CHAT_MODEL
+        if not settings.OPENAI_BASE_URL:
+            return demo.DEMO_MODEL
+        base_url = settings.OPENAI_BASE_URL
+        if base_url not in self._first_models:
+            try:
+                models = await upstream.list_models(
+                    base_url, client=self.http(), api_key=settings.OPENAI_API_KEY
+                )
+            except upstream.UpstreamError as error:
+                # Not kept: the next message asks again. The reply itself will show the error.
+                log.warning("could not list the upstream's models: %s", error)
+                return ""
+            self._first_models[base_url] = models[0] if models else ""
+        return self._first_models[base_url]
+
+    # --- running replies ---------------------------------------------------------------
+
+    def add(self, reply) -> None:
+        self.replies[reply.message.pk] = reply
+        if self._checkpoints is None or self._checkpoints.done():
+            self._checkpoints = asyncio.create_task(self._checkpoint_running(), name="checkpoints")
+
+    def discard(self, reply) -> None:
+        self.replies.pop(reply.message.pk, None)
+
+    async def _checkpoint_running(self) -> None:
+        """Save the text of every running reply every CHAT_CHECKPOINT_INTERVAL seconds.
+
+        Bounded by time, never per token: a crash loses at most one interval of
+        text, and a reply whose checkpoint goes stale has lost its process.
+        """
+        while self.replies:
+            await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL)
+            saves = [(reply.message, reply.reply.text) for reply in list(self.replies.values())]
+            if not saves:
+                continue
+            try:
+                await database_sync_to_async(Message.checkpoint_many)(saves)
+            except Exception:
+                log.exception("checkpoint of %d running replies failed", len(saves))
+
+    def sweep_orphans(self, conversation_id: int | None = None) -> list[int]:
+        """End streaming rows whose reply task is gone as interrupted; their ids (sync).
+
+        A row not running here is an orphan when its checkpoint is older than
+        CHAT_ORPHAN_AFTER (a live reply checkpoints far more often) or, when this
+        is the only process (the in-memory channel layer), older than this process.
+        """
+        rows = Message.objects.all()
+        if conversation_id is not None:
+            rows = rows.filter(conversation_id=conversation_id)
+        single_process = "InMemory" in settings.CHANNEL_LAYERS["default"]["BACKEND"]
+        orphans = rows.orphaned(
+            running=list(self.replies),
+            stale_after=settings.CHAT_ORPHAN_AFTER,
+            older_than=self.created_at if single_process else None,
+        )
+        ids = list(orphans.values_list("pk", flat=True))
+        if not ids:
+            return []
+        # The same conditions again, so a row that came alive meanwhile is left alone.
+        if orphans.filter(pk__in=ids).interrupt(ORPHAN_ERROR) < len(ids):
+            ended = Message.objects.filter(pk__in=ids, status=Message.Status.INTERRUPTED)
+            ids = list(ended.values_list("pk", flat=True))
+        return ids
+
+
+runtime = Runtime()

@@ -1,0 +1,38 @@
+"""A streaming client for OpenAI-compatible chat-completions servers; no Django here.
+
+``stream_chat`` posts a conversation with ``stream: true`` and yields small,
+typed events (``TextDelta``, ``ToolCallDelta``, ``Finish``, ...) as the
+Server-Sent Events arrive. Every failure is an ``UpstreamError`` whose ``str()``
+is fit to show a person and whose ``retryable`` says whether trying again could
+help. The caller owns the HTTP client: ``new_client()`` once, passed as
+``client=`` to every call, closed at shutdown.
+"""
+
+from .client import list_models, new_client, stream_chat
+from .errors import (
+    ConnectError,
+    HTTPStatusError,
+    IdleTimeout,
+    StreamError,
+    StreamInterrupted,
+    UpstreamError,
+)
+from .events import Event, Finish, RefusalDelta, TextDelta, ToolCallDelta, Usage
+
+__all__ = [
+    "ConnectError",
+    "Event",
+    "Finish",
+    "HTTPStatusError",
+    "IdleTimeout",
+    "RefusalDelta",
+    "StreamError",
+    "StreamInterrupted",
+    "TextDelta",
+    "ToolCallDelta",
+    "UpstreamError",
+    "Usage",
+    "list_models",
+    "new_client",
+    "stream_chat",
+]

@@ -1,0 +1,167 @@
+"""The HTTP side: one POST streamed as events, one GET of the model list.
+
+The caller owns the ``httpx.AsyncClient`` (one per process, from ``new_client``,
+closed at shutdown) and passes it to every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+
+from .errors import StreamInterrupted, UpstreamError, host, shorten, status_error, transport_error
+from .events import Event
+from .parse import StreamParser
+
+__all__ = ["list_models", "new_client", "stream_chat"]
+
+CONNECT_TIMEOUT = 10.0
+WRITE_TIMEOUT = 30.0
+POOL_TIMEOUT = 30.0
+LIST_MODELS_TIMEOUT = 30.0
+MAX_ERROR_BODY = 64 * 1024  # an error page is read this far, no further
+
+
+def new_client() -> httpx.AsyncClient:
+    """An AsyncClient set up for upstreams; its pool belongs to the loop it first runs on."""
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
+        follow_redirects=False,
+        http1=True,
+        http2=False,
+    )
+
+
+async def stream_chat(
+    base_url: str,
+    *,
+    client: httpx.AsyncClient,
+    model: str,
+    messages: list[dict],
+    api_key: str = "",
+    idle_timeout: float = 60.0,
+    extra: dict | None = None,
+) -> AsyncIterator[Event]:
+    """Stream one chat completion as events; raise an UpstreamError if it fails.
+
+    It returns normally once a finish_reason has arrived and the stream ended
+    (``[DONE]``, EOF, even a cut connection); it raises StreamInterrupted when
+    the stream ends before that. Closing the generator early closes the HTTP
+    connection, which is how the upstream learns to stop generating.
+    """
+    url = _endpoint(base_url, "chat/completions")
+    payload = {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **(extra or {}),
+    }
+    timeout = httpx.Timeout(
+        connect=CONNECT_TIMEOUT, read=idle_timeout, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT
+    )
+    parser = StreamParser(api_key)
+    try:
+        async with client.stream(
+            "POST",
+            url,
+            json=payload,
+            headers=_headers(api_key, accept="text/event-stream"),
+            timeout=timeout,
+        ) as response:
+            await _raise_for_status(response, model=model, api_key=api_key)
+            media_type = _media_type(response)
+            if media_type == "application/json" or media_type.endswith("+json"):
+                # The server ignored stream:true and sent the whole completion.
+                for event in parser.whole(await response.aread()):
+                    yield event
+                return
+            if media_type == "text/html":
+                raise UpstreamError(
+                    f"Upstream {host(url)} answered with an HTML page instead of an "
+                    "event stream. Check the base URL.",
+                    status_code=response.status_code,
+                )
+            # No content-type check beyond that: some servers send none, or text/plain.
+            async with contextlib.aclosing(response.aiter_bytes()) as chunks:
+                async for chunk in chunks:
+                    for event in parser.feed(chunk):
+                        yield event
+                    if parser.done:
+                        return
+            for event in parser.close():
+                yield event
+    except httpx.TransportError as exc:
+        if parser.finished:
+            return  # the reply was complete; only the tail ([DONE], usage) was lost
+        raise transport_error(exc, url, idle_timeout) from exc
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise UpstreamError(f"Request to {host(url)} failed: {exc}") from exc
+    if not parser.finished:
+        raise StreamInterrupted(
+            f"The stream from {host(url)} ended before the reply finished "
+            "(no finish_reason arrived)."
+        )
+
+
+async def list_models(base_url: str, *, client: httpx.AsyncClient, api_key: str = "") -> list[str]:
+    """The model ids the upstream offers (GET /models), in its order."""
+    url = _endpoint(base_url, "models")
+    timeout = httpx.Timeout(
+        LIST_MODELS_TIMEOUT, connect=CONNECT_TIMEOUT, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT
+    )
+    try:
+        async with client.stream(
+            "GET",
+            url,
+            headers=_headers(api_key, accept="application/json"),
+            timeout=timeout,
+        ) as response:
+            await _raise_for_status(response, model=None, api_key=api_key)
+            body = await response.aread()
+    except httpx.TransportError as exc:
+        raise transport_error(exc, url, LIST_MODELS_TIMEOUT) from exc
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise UpstreamError(f"Request to {host(url)} failed: {exc}") from exc
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    # OpenAI: {"object": "list", "data": [{"id": ...}]}; a few servers send a bare list.
+    items = data.get("data") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        excerpt = shorten(body.decode("utf-8", "replace"), 200, api_key)
+        raise UpstreamError(f"Upstream {host(url)} sent a malformed model list: {excerpt!r}")
+    return [str(item["id"]) for item in items if isinstance(item, dict) and item.get("id")]
+
+
+def _endpoint(base_url: str, path: str) -> str:
+    return f"{base_url.rstrip('/')}/{path}"
+
+
+def _headers(api_key: str, *, accept: str) -> dict[str, str]:
+    headers = {"Accept": accept}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def _media_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def _raise_for_status(response: httpx.Response, *, model: str | None, api_key: str) -> None:
+    if response.is_success:
+        return
+    # The response is streamed: read (a bounded part of) the body before reporting.
+    body = bytearray()
+    async with contextlib.aclosing(response.aiter_bytes()) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) >= MAX_ERROR_BODY:
+                break
+    raise status_error(response, bytes(body), model=model, api_key=api_key)

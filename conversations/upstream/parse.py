@@ -1,0 +1,136 @@
+"""What the chunks mean: chat.completion.chunk objects (and whole completions) to events.
+
+Written against what real servers send (OpenAI, Azure, Ollama, llama.cpp, vLLM,
+LiteLLM), not only against the spec: chunks without choices, usage on its own
+chunk or on every chunk, tool calls without an index, the pre-tools
+``function_call``, error objects in the middle of a 200 stream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from .errors import MAX_SHOWN, StreamError, error_fields, shorten
+from .events import Event, Finish, RefusalDelta, TextDelta, ToolCallDelta, Usage
+from .sse import ServerSentEvent, SSEDecoder
+
+__all__ = ["StreamParser"]
+
+
+class StreamParser:
+    """Bytes in, events out, for one response."""
+
+    def __init__(self, api_key: str = ""):
+        self._api_key = api_key  # redacted from the data quoted in errors
+        self._sse = SSEDecoder()
+        self.done = False  # [DONE] arrived: stop reading
+        self.finished = False  # a finish_reason arrived: an EOF now is a normal end
+
+    def feed(self, chunk: bytes) -> Iterator[Event]:
+        """The events completed by the next piece of an event stream."""
+        if not self.done:
+            yield from self._sse_events(self._sse.feed(chunk))
+
+    def close(self) -> Iterator[Event]:
+        """At EOF: whatever is still buffered, even without a final blank line."""
+        if not self.done:
+            yield from self._sse_events(self._sse.flush())
+
+    def whole(self, body: bytes) -> Iterator[Event]:
+        """A complete (non-streamed) chat.completion object."""
+        yield from self._data_events(body.decode("utf-8", "replace"))
+        self.done = True
+
+    def _sse_events(self, events: list[ServerSentEvent]) -> Iterator[Event]:
+        for sse in events:
+            if self.done:
+                return
+            # The event name is not looked at: servers send "message", "completion.chunk"
+            # or none. Empty data (a bare "data:") carries nothing.
+            if sse.data:
+                yield from self._data_events(sse.data)
+
+    def _data_events(self, data: str) -> Iterator[Event]:
+        if data.strip() == "[DONE]":
+            self.done = True
+            return
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            excerpt = shorten(data, 200, self._api_key)
+            raise StreamError(f"upstream sent malformed data: {excerpt!r}")
+        error = obj.get("error")
+        if error:
+            message, code = error_fields(obj)
+            raise StreamError(
+                "Upstream error during the reply: " + shorten(message, MAX_SHOWN, self._api_key),
+                code=code,
+            )
+        choices = obj.get("choices")
+        for position, choice in enumerate(choices if isinstance(choices, list) else []):
+            # Only the first choice: with n>1 the others are alternatives we don't show.
+            if isinstance(choice, dict) and _index(choice, position) == 0:
+                yield from self._choice_events(choice)
+        # The usage chunk has empty choices; Azure's prompt_filter_results chunk has
+        # neither choices nor usage; vLLM can repeat usage on every chunk.
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            yield Usage(
+                prompt_tokens=_int(usage.get("prompt_tokens")),
+                completion_tokens=_int(usage.get("completion_tokens")),
+                total_tokens=_int(usage.get("total_tokens")),
+            )
+
+    def _choice_events(self, choice: dict) -> Iterator[Event]:
+        # "delta" in a stream chunk, "message" in a whole completion.
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = choice.get("message")
+        if not isinstance(delta, dict):
+            delta = {}
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            yield TextDelta(content)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            yield RefusalDelta(refusal)
+        tool_calls = delta.get("tool_calls")
+        for position, call in enumerate(tool_calls if isinstance(tool_calls, list) else []):
+            if isinstance(call, dict):
+                # Older Ollama/vLLM send whole calls without an index: use the position.
+                yield _tool_call_delta(_index(call, position), call.get("id"), call.get("function"))
+        function_call = delta.get("function_call")  # the pre-tools API: always one call
+        if isinstance(function_call, dict):
+            yield _tool_call_delta(0, None, function_call)
+        reason = choice.get("finish_reason")
+        if reason:
+            self.finished = True
+            yield Finish(str(reason))
+
+
+def _tool_call_delta(index: int, call_id, function) -> ToolCallDelta:
+    function = function if isinstance(function, dict) else {}
+    name = function.get("name")
+    arguments = function.get("arguments")
+    if arguments is None:
+        arguments = ""
+    elif not isinstance(arguments, str):
+        arguments = json.dumps(arguments)  # Ollama can send the arguments as an object
+    return ToolCallDelta(
+        index=index,
+        id=str(call_id) if call_id else None,
+        name=str(name) if name else None,
+        arguments=arguments,
+    )
+
+
+def _index(item: dict, default: int) -> int:
+    index = item.get("index")
+    return index if isinstance(index, int) and not isinstance(index, bool) else default
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
