@@ -416,19 +416,6 @@ class ServerThread:
         self._thread.join(5)
 
 
-_demo_lock = threading.Lock()
-_demo_thread: ServerThread | None = None
-
-
-def demo_base_url(tokens_per_second: float = 60.0) -> str:
-    """Base URL of this process's demo model, started on first use."""
-    global _demo_thread
-    with _demo_lock:
-        if _demo_thread is None:
-            _demo_thread = ServerThread(DemoModel(tokens_per_second)).start()
-        return _demo_thread.base_url
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the offline demo model.")
     parser.add_argument("--host", default="127.0.0.1")

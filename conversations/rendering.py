@@ -19,7 +19,7 @@ import math
 import re
 
 import nh3
-from django.template.loader import render_to_string
+from django.template.loader import get_template
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import unescapeAll
 from markdown_it.token import Token
@@ -509,8 +509,14 @@ def _break_point(text: str, low: int) -> int:
 # --- fragments: each one a partial of the page template ---------------------
 
 
+@functools.cache
+def _template(name: str):
+    # Looked up once: a frame is pushed many times a second.
+    return get_template(f"{PAGE}#{name}")
+
+
 def _partial(name: str, context: dict) -> str:
-    return render_to_string(f"{PAGE}#{name}", context)
+    return _template(name).render(context)
 
 
 def message_html(message, **context) -> str:
