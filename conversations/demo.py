@@ -240,7 +240,7 @@ def greet(name):
 
 | piece | job |
 |---|---|
-| `upstream.py` | reads the stream |
+| `upstream/` | reads the stream |
 | `replies.py` | coalesces, publishes, stores |
 """
 
