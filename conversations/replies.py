@@ -148,8 +148,7 @@ class ReplyStream:
         finally:
             if not reading.done():
                 reading.cancel()  # closes the upstream request
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reading
+                await asyncio.wait([reading])
         if reading.cancelled():
             return self._stopped.result()
         return reading.result()  # it ended first, or before the stop reached it
