@@ -1,15 +1,6 @@
-"""How much rendering a streamed reply costs, against rendering it once.
+"""How much rendering a streamed reply costs, against rendering it once (bench/README.md).
 
-Builds a realistic reply of about 20,000 tokens (~4 characters each) from
-Markdown an assistant writes: paragraphs, nested lists, code fences, tables,
-quotes, headings. Feeds it to ``StreamingRenderer`` the way the reply task does,
-in two ways: one feed per upstream delta (1-4 tokens), and one feed per 25 ms
-frame at 200 tokens/s (5 tokens). Prints the total rendering time of each
-against one ``render_markdown`` of the final text, and the cost of a flush at
-the start of the reply against the end (first and last 10% of flushes), which
-should not grow. Also prints the bytes sent (appended HTML + tail per flush).
-
-    .venv/bin/python bench/render.py [--tokens 20000] [--repeat 5] [--json PATH]
+.venv/bin/python bench/render.py [--tokens 20000] [--repeat 5] [--json PATH]
 """
 
 import argparse
@@ -23,8 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # What an assistant writes, in blocks; {n} varies each copy a little.
 BLOCKS = [
@@ -73,33 +63,21 @@ def realistic_reply(tokens: int) -> str:
     return "".join(parts)
 
 
-def split_tokens(text: str) -> list[str]:
-    """Tokens of at most 4 characters after any leading whitespace (about 4 on average)."""
-    return re.findall(r"\s*\S{1,4}|\s+", text)
-
-
-def deltas(tokens: list[str], rng: random.Random) -> list[str]:
-    """One piece per upstream event: 1-4 tokens."""
+def pieces(tokens: list[str], rng: random.Random | None) -> list[str]:
+    """One piece per upstream event of 1-4 tokens (``rng``), or per 25 ms frame of 5 tokens."""
     pieces, at = [], 0
     while at < len(tokens):
-        size = rng.randint(1, 4)
+        size = rng.randint(1, 4) if rng else 5
         pieces.append("".join(tokens[at : at + size]))
         at += size
     return pieces
-
-
-def frames(tokens: list[str], per_frame: int = 5) -> list[str]:
-    """One piece per 25 ms flush at 200 tokens/s."""
-    return ["".join(tokens[at : at + per_frame]) for at in range(0, len(tokens), per_frame)]
 
 
 def stream(pieces: list[str]) -> tuple[list[float], int]:
     """Seconds per feed, and bytes sent to a browser."""
     from conversations.rendering import StreamingRenderer, delta_html
 
-    renderer = StreamingRenderer()
-    times, sent = [], 0
-    clock = time.perf_counter
+    renderer, times, sent, clock = StreamingRenderer(), [], 0, time.perf_counter
     for piece in pieces:
         started = clock()
         appended, tail = renderer.feed(piece)
@@ -117,26 +95,16 @@ def best_of(repeat: int, run):
     return min(runs, key=lambda result: sum(result[0]) if isinstance(result, tuple) else result)
 
 
-def microseconds(seconds: list[float]) -> dict:
-    ordered = sorted(seconds)
-    return {
-        "mean_us": round(statistics.fmean(ordered) * 1e6, 1),
-        "p99_us": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e6, 1),
-    }
-
-
 def measure(name: str, pieces: list[str], single: float, repeat: int) -> dict:
     times, sent = best_of(repeat, lambda: stream(pieces))
-    tenth = max(1, len(times) // 10)
-    return {
-        "mode": name,
-        "flushes": len(times),
-        "total_ms": round(sum(times) * 1e3, 1),
-        "ratio": round(sum(times) / single, 2),
-        "first_10pct": microseconds(times[:tenth]),
-        "last_10pct": microseconds(times[-tenth:]),
-        "sent_bytes": sent,
-    }
+    tenth, result = max(1, len(times) // 10), {"mode": name, "flushes": len(times)}
+    result |= {"total_ms": round(sum(times) * 1e3, 1), "ratio": round(sum(times) / single, 2)}
+    for part, values in (("first_10pct", times[:tenth]), ("last_10pct", times[-tenth:])):
+        ordered = sorted(values)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]  # not nearest-rank
+        mean = statistics.fmean(ordered)
+        result[part] = {"mean_us": round(mean * 1e6, 1), "p99_us": round(p99 * 1e6, 1)}
+    return result | {"sent_bytes": sent}
 
 
 def main() -> None:
@@ -145,7 +113,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH")
     args = parser.parse_args()
-
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
     import django
 
@@ -153,7 +120,7 @@ def main() -> None:
     from conversations.rendering import render_markdown
 
     text = realistic_reply(args.tokens)
-    tokens = split_tokens(text)
+    tokens = re.findall(r"\s*\S{1,4}|\s+", text)  # at most 4 characters after any whitespace
     final_html = render_markdown(text)  # warms caches (lexers) for both sides
 
     def render_once() -> float:
@@ -162,17 +129,12 @@ def main() -> None:
         return time.perf_counter() - started
 
     single = best_of(args.repeat, render_once)
-    results = {
-        "tokens": len(tokens),
-        "characters": len(text),
-        "final_html_bytes": len(final_html),
-        "single_render_ms": round(single * 1e3, 1),
-        "modes": [
-            measure("deltas of 1-4 tokens", deltas(tokens, random.Random(4)), single, args.repeat),
-            measure("25 ms frames, 5 tokens", frames(tokens), single, args.repeat),
-        ],
-    }
-
+    results = {"tokens": len(tokens), "characters": len(text), "final_html_bytes": len(final_html)}
+    results["single_render_ms"] = round(single * 1e3, 1)
+    results["modes"] = [
+        measure("deltas of 1-4 tokens", pieces(tokens, random.Random(4)), single, args.repeat),
+        measure("25 ms frames, 5 tokens", pieces(tokens, None), single, args.repeat),
+    ]
     print(f"reply: {len(tokens)} tokens, {len(text)} characters, {len(final_html)} bytes of HTML")
     print(f"one render_markdown of the final text: {results['single_render_ms']} ms")
     for mode in results["modes"]:

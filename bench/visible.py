@@ -1,82 +1,42 @@
-"""What a person sees: from the upstream writing a token to that token showing in Chromium.
+"""What a person sees: from the upstream writing a token to that token showing in Chromium,
+in a fresh context of headless Chromium per run (Debian's, under Playwright). See README.md.
 
-    .venv/bin/python bench/visible.py                          # 2,000 tokens at 200/s, 3 runs
-    .venv/bin/python bench/visible.py --tokens 500 --rate 100 --runs 5 --json visible.json
-    CHAT_FLUSH_MIN_INTERVAL=0 .venv/bin/python bench/visible.py   # the site's env passes through
-
-Starts the bench upstream (streaming_upstream.py: numbered tokens ``w000001
-w000002 ...``, a blank line every ``--paragraph`` tokens, the time each token
-was written) and the site under Daphne, each in its own process on 127.0.0.1,
-as bench/streaming.py does. Then, per run, in a fresh context of headless
-Chromium (Debian's, driven by Playwright as the browser tests do): log in,
-"New conversation", wait for the socket, and inject a MutationObserver on
-``#messages`` that stamps the first time each token number is in the
-assistant's message (``performance.timeOrigin + performance.now()``, epoch
-milliseconds). Its callback runs as a microtask right after htmx's swap (and
-chat.js's scroll) in the same task, before the page is painted: that is the
-token's first appearance in the page. The page also stamps every frame's
-arrival (``htmx:wsBeforeMessage``), the end of its swap (``htmx:wsAfterMessage``)
-and the next animation frame after each new token (when it can be painted at
-the earliest), so the latency splits into its parts.
-
-Send the message by the composer and Enter, wait for the final element, then
-set each token's stamp against the upstream's CLOCK_MONOTONIC write time
-(converted to epoch time with the median of ``time.time() - time.monotonic()``).
-A last phase reads one more reply with a bare Python websocket client
-(streaming_client.py), for the server's share without a browser. With
-``--witness``, a bare socket also reads every measured reply beside the page,
-so each token's delay splits into the server's share and the browser's.
+    .venv/bin/python bench/visible.py [--tokens 2000] [--rate 200] [--runs 3] [--witness]
 """
-
-from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
-import json
 import os
 import platform
 import statistics
-import sys
-import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-import httpx
+import common
 import psutil
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from streaming import (
-    CREATE_USERS,
-    PASSWORD,
-    RESULTS,
-    WS_CONNECT,
-    Site,
-    Upstream,
-    figures,
-    log_tail,
-    number,
-    percentile,
-    print_table,
-    run_client,
-)
+from common import number, percentile
 from streaming_client import Received, open_socket, read_reply, summarize_site
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+CHROMIUM_ARGS += ["--disable-component-update", "--disable-sync", "--no-first-run"]
+# The issue's targets (figure, limit in ms), and what it measured the same way elsewhere.
+TARGETS = {"first token <= 10 ms": ("first_token_ms", 10), "p99 <= 30 ms": ("p99_ms", 30)}
+TARGETS["every token seen"] = ("tokens_never_seen", 0)
+STAMPS = ("seen", "painted", "frameOf")  # token -> when (or which frame), in the page's records
+BETWEEN = [  # a series, per token: from one of its stamps to another
+    ("latency", "seen", "wrote"),
+    ("to_paint", "painted", "wrote"),
+    ("to_arrival", "arrived", "wrote"),
+    ("in_page", "seen", "arrived"),
+    ("witness", "reached", "wrote"),
+    ("witness_to_page", "arrived", "reached"),
 ]
-
-# The issue's targets, and what it measured the same way elsewhere (ms).
-FIRST_TOKEN_TARGET_MS = 10
-P99_TARGET_MS = 30
 ELSEWHERE = "Open WebUI 0.12.4: first ~65, p50 ~80, p99 ~230 (growing); bare relay: ~4 and 12"
 
 # Before the page's own scripts: note when the socket opens and when Enter is pressed.
@@ -87,34 +47,27 @@ document.addEventListener("keydown", (event) => {
 }, true);
 """
 
-# Injected once the socket is open. Stamps are epoch milliseconds.
+# Injected once the socket is open. Stamps are epoch milliseconds. Only what each batch of
+# mutations added is read (new blocks, new tail, a replaced turn), never the whole reply.
 OBSERVER_SCRIPT = """
 () => {
   const clock = () => performance.timeOrigin + performance.now();
   const TOKEN = /w(\\d{6})/g;
   const ASSISTANT = "[data-role=assistant]";
-  const state = {
-    seen: {},      // token number -> when it was first in the assistant's message
-    frameOf: {},   // token number -> index of the last frame that had arrived by then
-    painted: {},   // token number -> the next animation frame after it was seen
-    frames: [],    // [arrived, swapped, observed, characters] per websocket frame
-    callbacks: 0,
-    callbackMs: 0,
-    callbackMaxMs: 0,
-    scanned: 0,    // characters the observer read, in all
-  };
+  // seen, painted: token -> first in the assistant's message, next animation frame after;
+  // frameOf: token -> index of the last frame arrived by then;
+  // frames: [arrived, swapped, observed, characters] per websocket frame.
+  const state = {seen: {}, frameOf: {}, painted: {}, frames: [],
+                 callbacks: 0, callbackMs: 0, callbackMaxMs: 0, scanned: 0};
   window.__visible = state;
   let unpainted = [];
-
   // Capture phase on the document: before chat.js's own listeners (bubble phase).
   document.addEventListener("htmx:wsBeforeMessage", (event) => {
     state.frames.push([clock(), null, null, event.detail.message.length]);
   }, true);
   document.addEventListener("htmx:wsAfterMessage", () => {
-    const frame = state.frames[state.frames.length - 1];
-    if (frame) frame[1] = clock();
+    if (state.frames.length) state.frames[state.frames.length - 1][1] = clock();
   }, true);
-
   function scan(text, now) {
     state.scanned += text.length;
     const frame = state.frames.length - 1;
@@ -129,29 +82,18 @@ OBSERVER_SCRIPT = """
       }
     }
   }
-
   function paintedAt() {
     const now = clock();
     for (const n of unpainted) state.painted[n] = now;
     unpainted = [];
   }
-
-  // Only what each batch added is read (the new blocks, the new tail, a replaced
-  // turn), never the whole reply again: the work per frame does not grow with it.
   const observer = new MutationObserver((records) => {
     const started = performance.now();
     const now = performance.timeOrigin + started;
     const frame = state.frames[state.frames.length - 1];
     if (frame && frame[2] === null) frame[2] = now;
     const hadUnpainted = unpainted.length > 0;
-    for (const record of records) {
-      if (record.type === "characterData") {
-        const parent = record.target.parentElement;
-        if (record.target.isConnected && parent && parent.closest(ASSISTANT)) {
-          scan(record.target.data, now);
-        }
-        continue;
-      }
+    for (const record of records) {  // htmx swaps nodes in; it never edits a text node
       for (const node of record.addedNodes) {
         if (!node.isConnected) continue;  // added and removed again in this batch
         const element = node.nodeType === Node.ELEMENT_NODE ? node : node.parentElement;
@@ -168,270 +110,149 @@ OBSERVER_SCRIPT = """
     state.callbackMs += spent;
     state.callbackMaxMs = Math.max(state.callbackMaxMs, spent);
   });
-  observer.observe(document.getElementById("messages"), {
-    subtree: true, childList: true, characterData: true,
-  });
-  state.stop = () => observer.disconnect();
-}
-"""
-
-COLLECT_SCRIPT = """
-() => {
-  const state = window.__visible;
-  state.stop();
-  const last = [...document.querySelectorAll("[data-role=assistant]")].pop();
-  return {
-    seen: state.seen, frameOf: state.frameOf, painted: state.painted, frames: state.frames,
-    callbacks: state.callbacks, callbackMs: state.callbackMs,
-    callbackMaxMs: state.callbackMaxMs, scanned: state.scanned,
-    enterAt: window.__enterAt || null,
-    finalText: last ? last.textContent : "",
+  observer.observe(document.getElementById("messages"), {subtree: true, childList: true});
+  state.collect = () => {
+    observer.disconnect();
+    const last = [...document.querySelectorAll(ASSISTANT)].pop();
+    const {collect, ...recorded} = state;
+    return {...recorded, enterAt: window.__enterAt || null, finalText: last?.textContent || ""};
   };
 }
 """
-
 # The warm-up's "Stop reply", unless the reply is over already (the button is hidden then).
-STOP_SCRIPT = """
-() => {
-  if (document.querySelector("[data-role=assistant][data-status=streaming]")) {
-    document.getElementById("stop").requestSubmit();
-  }
-}
-"""
-
-
-# --- clocks -----------------------------------------------------------------------------
+STOP_SCRIPT = """() => document.querySelector("[data-role=assistant][data-status=streaming]")
+                    && document.getElementById("stop").requestSubmit()"""
 
 
 def epoch_offset(samples: int = 21) -> tuple[float, float]:
     """``time.time() - time.monotonic()`` (seconds): the median, and the samples' spread."""
     offsets = []
     for _ in range(samples):
-        before = time.monotonic()
-        wall = time.time()
-        after = time.monotonic()
+        before, wall, after = time.monotonic(), time.time(), time.monotonic()
         offsets.append(wall - (before + after) / 2)
     return statistics.median(offsets), max(offsets) - min(offsets)
 
 
 def page_clock_error(page, samples: int = 20) -> tuple[float, float]:
-    """The page's epoch clock minus this process's (ms), from the quickest round trip.
-
-    Returns (difference, round trip): the true difference is within half the round
-    trip of the figure.
-    """
-    best = None
+    """The page's epoch clock minus ours (ms), within half the quickest round trip; and it."""
+    best = (0.0, float("inf"))
     for _ in range(samples):
         before = time.time()
         value = page.evaluate("performance.timeOrigin + performance.now()")
         after = time.time()
-        trip = (after - before) * 1000
-        if best is None or trip < best[1]:
-            best = (value - (before + after) / 2 * 1000, trip)
+        if (after - before) * 1000 < best[1]:
+            best = (value - (before + after) / 2 * 1000, (after - before) * 1000)
     return best
 
 
-# --- processes' CPU ---------------------------------------------------------------------
-
-
-def chromium_processes() -> dict[int, psutil.Process]:
-    """Chromium's processes under this one (Playwright's driver starts the browser)."""
-    found = {}
+def cpu_readings(site: common.Site) -> tuple[float, dict[int, tuple[float, bool]]]:
+    """Daphne's CPU seconds; per Chromium process under this one, (CPU seconds, renderer)."""
+    chromium = {}
     for child in psutil.Process().children(recursive=True):
-        try:
+        with contextlib.suppress(psutil.Error):
             if "chrom" in child.name().lower():
-                found[child.pid] = child
-        except psutil.Error:
-            continue
-    return found
+                cpu, renderer = child.cpu_times(), "--type=renderer" in " ".join(child.cmdline())
+                chromium[child.pid] = (cpu.user + cpu.system, renderer)
+    daphne = psutil.Process(site.pids[0]).cpu_times()
+    return daphne.user + daphne.system, chromium
 
 
-def cpu_of(processes: dict[int, psutil.Process]) -> dict[int, tuple[float, bool]]:
-    """pid -> (CPU seconds, is a renderer)."""
-    times = {}
-    for pid, process in processes.items():
+def cpu_figures(before: tuple, after: tuple, seconds: float) -> dict:
+    """Daphne's and Chromium's CPU between two ``cpu_readings``, in % of one core."""
+    (daphne_before, chromium_before), (daphne, chromium) = before, after
+    used = {pid: cpu - chromium_before.get(pid, (0.0,))[0] for pid, (cpu, _) in chromium.items()}
+    renderer = sum(cpu for pid, cpu in used.items() if chromium[pid][1])
+    out = {"seconds": seconds, "daphne_cpu_percent": (daphne - daphne_before) / seconds * 100}
+    out["chromium_cpu_percent"] = sum(used.values()) / seconds * 100
+    return out | {"renderer_cpu_percent": renderer / seconds * 100}
+
+
+def start_witness(url: str, path: str, cookie: str, name: str, seconds: float):
+    """A bare socket on the page's conversation, read in a thread as frames arrive: the same
+    frames reach it as the page, so each token's delay splits into the server's share and the
+    browser's (``--witness``). Returns the thread and what it receives."""
+    received, connected = Received(name), threading.Event()
+
+    async def read() -> None:
         try:
-            cpu = process.cpu_times()
-            renderer = "--type=renderer" in " ".join(process.cmdline())
-        except psutil.Error:
-            continue
-        times[pid] = (cpu.user + cpu.system, renderer)
-    return times
+            async with open_socket(url, path, cookie, 30) as socket:
+                connected.set()
+                await read_reply(socket, received, seconds)
+        except Exception as error:  # reported after the run, never raised in the thread
+            received.error = f"{type(error).__name__}: {error}"
+        connected.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(read(),), name="witness", daemon=True)
+    thread.start()
+    connected.wait(30)
+    return thread, received
 
 
-def cpu_used(before: dict, after: dict) -> tuple[float, float]:
-    """CPU seconds between two ``cpu_of`` readings: all processes, and renderers only."""
-    total = renderers = 0.0
-    for pid, (seconds, renderer) in after.items():
-        used = seconds - before.get(pid, (0.0, False))[0]
-        total += used
-        renderers += used if renderer else 0.0
-    return total, renderers
+def launch(stack: ExitStack):
+    """Debian's Chromium under Playwright's sync API, closed with ``stack``."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"Chromium is not installed at {CHROMIUM}")
+    playwright = sync_playwright().start()
+    stack.callback(playwright.stop)
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    stack.callback(browser.close)
+    return browser
 
 
-def daphne_cpu(site: Site) -> float:
-    cpu = psutil.Process(site.process.pid).cpu_times()
-    return cpu.user + cpu.system
+def new_conversation(browser, site: common.Site, username: str):
+    """A fresh context, logged in through the form, on a new conversation, its socket open."""
+    context = browser.new_context(base_url=site.url)
+    context.add_init_script(INIT_SCRIPT)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto("/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", common.PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{site.url}/")
+    page.get_by_role("button", name="New conversation").first.click()
+    page.wait_for_url("**/c/*/")
+    # #connection starts hidden and is hidden again on htmx:wsOpen: the init script's flag says
+    # the socket really opened.
+    opened = "() => window.__wsOpenAt !== undefined"
+    page.wait_for_function(opened + " && document.getElementById('connection').hidden")
+    return context, page
 
 
-class Meter:
-    """CPU of Daphne and of Chromium's processes between ``start()`` and ``stop()``."""
-
-    def __init__(self, site: Site):
-        self.site = site
-        self.figures: dict = {}
-
-    def start(self) -> None:
-        self._chromium = cpu_of(chromium_processes())
-        self._daphne, self._started = daphne_cpu(self.site), time.monotonic()
-
-    def stop(self) -> None:
-        seconds = time.monotonic() - self._started
-        daphne = daphne_cpu(self.site) - self._daphne
-        chromium, renderer = cpu_used(self._chromium, cpu_of(chromium_processes()))
-        self.figures = {
-            "seconds": seconds,
-            "daphne_cpu_percent": daphne / seconds * 100,
-            "chromium_cpu_percent": chromium / seconds * 100,
-            "renderer_cpu_percent": renderer / seconds * 100,
-        }
-
-
-# --- a bare socket beside the page (--witness) -------------------------------------------
-
-
-class Witness(threading.Thread):
-    """A second websocket on the page's conversation, read by Python as frames arrive.
-
-    The same frames reach it as the page, so per token the delay splits into the
-    server's share (until a bare client on this machine has it) and the browser's.
-    """
-
-    def __init__(self, url: str, path: str, cookie: str, name: str, tokens: int, seconds: float):
-        super().__init__(name="witness", daemon=True)
-        self.url, self.path, self.cookie = url, path, cookie
-        self.tokens, self.seconds = tokens, seconds
-        self.received = Received(name)
-        self.connected = threading.Event()
-        self.error = ""
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._read())
-        except Exception as error:  # reported, never raised in a thread
-            self.error = f"{type(error).__name__}: {error}"
-        finally:
-            self.connected.set()
-
-    async def _read(self) -> None:
-        async with open_socket(self.url, self.path, self.cookie, 30) as socket:
-            self.connected.set()
-            await read_reply(socket, self.received, self.seconds)
-
-    def first_seen(self) -> list[float | None]:
-        """Per token (number - 1): when the bare socket first had it (monotonic seconds)."""
-        self.join(30)
-        if self.error or self.received.error:
-            raise RuntimeError(f"the witness socket failed: {self.error or self.received.error}")
-        return summarize_site(self.received, self.tokens)["first_seen"]
-
-
-# --- one reply in the browser ------------------------------------------------------------
-
-
-class Browser:
-    """Debian's Chromium under Playwright's sync API."""
-
-    def __init__(self, site: Site):
-        from playwright.sync_api import sync_playwright
-
-        if not Path(CHROMIUM).exists():
-            raise RuntimeError(f"Chromium is not installed at {CHROMIUM}")
-        self.site = site
-        self._playwright = sync_playwright().start()
-        self.browser = self._playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS
-        )
-        self.version = self.browser.version
-
-    def logged_in_page(self, username: str):
-        """A fresh context, logged in through the form; returns (context, page)."""
-        context = self.browser.new_context(base_url=self.site.url)
-        context.add_init_script(INIT_SCRIPT)
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        page.goto("/accounts/login/")
-        page.fill("input[name=username]", username)
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{self.site.url}/")
-        return context, page
-
-    def new_conversation(self, page) -> None:
-        """Click "New conversation" and wait until the page's socket is open."""
-        page.get_by_role("button", name="New conversation").first.click()
-        page.wait_for_url("**/c/*/")
-        # #connection starts hidden and is hidden again on htmx:wsOpen: the init script's
-        # flag says the socket really opened.
-        page.wait_for_function(
-            "() => window.__wsOpenAt !== undefined"
-            " && document.getElementById('connection').hidden === true"
-        )
-
-    def close(self) -> None:
-        self.browser.close()
-        self._playwright.stop()
-
-
-def run_in_browser(
-    browser: Browser,
-    username: str,
-    name: str,
-    timeout: float,
-    meter=None,
-    stop_after=0,
-    witness_tokens=0,
-):
-    """Send ``name``'s message in a fresh context; return what the page recorded.
-
-    ``meter`` is started right before Enter and stopped when the reply is complete.
-    With ``stop_after``, press "Stop reply" once that token is visible (a warm-up).
-    With ``witness_tokens``, a bare socket reads the same reply (``recorded["witness_seen"]``).
-    """
-    context, page = browser.logged_in_page(username)
+def run_in_browser(browser, site: common.Site, username: str, name: str, timeout, **options):
+    """Send ``name``'s message in a fresh context; return what the page recorded, and the CPU
+    used from right before Enter to the final element. ``stop_after=N``: press "Stop reply"
+    once token N is visible (the warm-up). ``witness=N``: a bare socket reads the same reply
+    of N tokens too (``recorded["witness_seen"]``)."""
+    context, page = new_conversation(browser, site, username)
     try:
-        browser.new_conversation(page)
         cookie = "; ".join(f"{c['name']}={c['value']}" for c in context.cookies())
-        witness = None
-        if witness_tokens:
-            path = page.get_attribute("#chat", "ws-connect")
-            witness = Witness(browser.site.url, path, cookie, name, witness_tokens, timeout)
-            witness.start()
-            witness.connected.wait(30)
+        stop_after, witness = options.get("stop_after"), options.get("witness")
+        path = page.get_attribute("#chat", "ws-connect")
+        bare = start_witness(site.url, path, cookie, name, timeout) if witness else None
         page.evaluate(OBSERVER_SCRIPT)
         page.fill("textarea[name=content]", f"{name} go")
-        if meter is not None:
-            meter.start()
+        cpu, started = cpu_readings(site), time.monotonic()
         page.press("textarea[name=content]", "Enter")
+        final = "[data-role=assistant][data-status=complete]"
         if stop_after:
             page.wait_for_function(f"() => window.__visible.seen[{stop_after}] !== undefined")
             page.evaluate(STOP_SCRIPT)
             final = "[data-role=assistant]:not([data-status=streaming])"
-        else:
-            final = "[data-role=assistant][data-status=complete]"
         # Polled every 100 ms, not on every animation frame: the wait perturbs the page less.
-        page.wait_for_function(
-            f"() => document.querySelector({json.dumps(final)}) !== null",
-            polling=100,
-            timeout=timeout * 1000,
-        )
-        if meter is not None:
-            meter.stop()
-        recorded = page.evaluate(COLLECT_SCRIPT)
+        found = f"() => document.querySelector('{final}') !== null"
+        page.wait_for_function(found, polling=100, timeout=timeout * 1000)
+        cpu = cpu_figures(cpu, cpu_readings(site), time.monotonic() - started)
+        recorded = page.evaluate("() => window.__visible.collect()") | {"witness_seen": []}
         recorded["clock_error_ms"], recorded["clock_trip_ms"] = page_clock_error(page)
-        recorded["cookie"] = cookie
-        recorded["witness_seen"] = witness.first_seen() if witness is not None else []
-        return recorded
+        if bare is not None:
+            bare[0].join(30)
+            if bare[1].error:
+                raise RuntimeError(f"the witness socket failed: {bare[1].error}")
+            recorded["witness_seen"] = summarize_site(bare[1], witness)["first_seen"]
+        return recorded, cpu
     finally:
         context.close()
 
@@ -439,397 +260,227 @@ def run_in_browser(
 # --- figures ----------------------------------------------------------------------------
 
 
+def diff(a, b):
+    return None if a is None or b is None else a - b
+
+
+def stamps(recorded: dict, written: dict, offset: float) -> dict[str, dict]:
+    """Per token number, in epoch ms: first seen, painted, its frame's arrival, written by the
+    upstream, reached by the bare socket beside the page; and its frame's index."""
+    out = {key: {int(n): v for n, v in recorded[key].items()} for key in STAMPS}
+    frames, witness = recorded["frames"], enumerate(recorded["witness_seen"], 1)
+    out["wrote"] = {n: (at + offset) * 1000 for n, at in enumerate(written.get("sent", []), 1)}
+    out["arrived"] = {n: frames[index][0] for n, index in out["frameOf"].items() if index >= 0}
+    return out | {"reached": {n: (at + offset) * 1000 for n, at in witness if at is not None}}
+
+
 def run_figures(recorded: dict, written: dict, offset: float, tokens: int) -> dict:
-    """Per token: page stamps (epoch ms) against the upstream's writes (monotonic s)."""
-    sent = [(at + offset) * 1000 for at in written.get("sent", [])]
-    seen = {int(n): at for n, at in recorded["seen"].items()}
-    painted = {int(n): at for n, at in recorded["painted"].items()}
-    frame_of = {int(n): index for n, index in recorded["frameOf"].items()}
-    frames = recorded["frames"]
-    latency, to_paint, to_arrival, in_page = [], [], [], []
-    bare, bare_to_page = [], []
-    at_witness = recorded["witness_seen"]
-    for number_, wrote in enumerate(sent, start=1):
-        if number_ not in seen:
-            continue
-        latency.append(seen[number_] - wrote)
-        if number_ <= len(at_witness) and at_witness[number_ - 1] is not None:
-            reached = (at_witness[number_ - 1] + offset) * 1000
-            bare.append(reached - wrote)
-            if frame_of.get(number_, -1) >= 0:
-                bare_to_page.append(frames[frame_of[number_]][0] - reached)
-        if number_ in painted:
-            to_paint.append(painted[number_] - wrote)
-        index = frame_of.get(number_, -1)
-        if index >= 0:
-            arrived = frames[index][0]
-            to_arrival.append(arrived - wrote)
-            in_page.append(seen[number_] - arrived)
-    missing = [n for n in range(1, tokens + 1) if n not in seen]
-    tenth = max(1, len(latency) // 10)
-    swap = [f[1] - f[0] for f in frames if f[1] is not None]
-    after_swap = [f[2] - f[1] for f in frames if f[1] is not None and f[2] is not None]
-    arrivals = [f[0] for f in frames]
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    first = seen.get(1)
-    first_frame = frames[frame_of[1]] if frame_of.get(1, -1) >= 0 else None
+    """Per token: the page's stamps (epoch ms) against the upstream's writes (monotonic s)."""
+    at, frames, enter = stamps(recorded, written, offset), recorded["frames"], recorded["enterAt"]
+    seen, wrote, arrived = at["seen"], at["wrote"], at["arrived"]
+    series = {}  # per token written and seen, in ms, from one stamp to another
+    for name, end, start in BETWEEN:
+        both = [n for n in wrote if n in seen and n in at[end] and n in at[start]]
+        series[name] = [at[end][n] - at[start][n] for n in both]
     request = (written["arrived"] + offset) * 1000 if "arrived" in written else None
-    return {
-        "tokens": tokens,
-        "tokens_written": len(sent),
-        "tokens_never_seen": len(missing),
-        "first_token_ms": first - sent[0] if first is not None and sent else None,
-        "enter_to_first_token_ms": (
-            first - recorded["enterAt"] if first is not None and recorded["enterAt"] else None
-        ),
-        "enter_to_upstream_request_ms": (
-            request - recorded["enterAt"] if request is not None and recorded["enterAt"] else None
-        ),
-        "upstream_request_to_first_write_ms": (
-            sent[0] - request if sent and request is not None else None
-        ),
-        "first_token_to_arrival_ms": first_frame[0] - sent[0] if first_frame and sent else None,
-        "first_token_in_page_ms": first - first_frame[0] if first_frame else None,
-        "frames_before_first_token": frame_of.get(1, -1),
-        # The first frame: the user's message and the empty reply, swapped in.
-        "echo_swap_ms": frames[0][1] - frames[0][0] if frames and frames[0][1] else None,
-        "echo_after_swap_ms": (
-            frames[0][2] - frames[0][1] if frames and frames[0][1] and frames[0][2] else None
-        ),
-        "latency_ms": latency,
-        "p50_ms": percentile(latency, 50),
-        "p99_ms": percentile(latency, 99),
-        "max_ms": percentile(latency, 100),
-        "min_ms": min(latency, default=None),
-        "first_tenth_p50_ms": percentile(latency[:tenth], 50),
-        "first_tenth_p99_ms": percentile(latency[:tenth], 99),
-        "last_tenth_p50_ms": percentile(latency[-tenth:], 50),
-        "last_tenth_p99_ms": percentile(latency[-tenth:], 99),
-        "witness_p50_ms": percentile(bare, 50),
-        "witness_p99_ms": percentile(bare, 99),
-        "witness_to_page_p50_ms": percentile(bare_to_page, 50),
-        "witness_to_page_p99_ms": percentile(bare_to_page, 99),
-        "to_arrival_p50_ms": percentile(to_arrival, 50),
-        "to_arrival_p99_ms": percentile(to_arrival, 99),
-        "in_page_p50_ms": percentile(in_page, 50),
-        "in_page_p99_ms": percentile(in_page, 99),
-        "to_paint_p50_ms": percentile(to_paint, 50),
-        "to_paint_p99_ms": percentile(to_paint, 99),
-        "frames": len(frames),
-        "frame_gap_p50_ms": percentile(gaps, 50),
-        "frame_chars_p50": percentile([f[3] for f in frames], 50),
-        "frame_chars_max": percentile([f[3] for f in frames], 100),
-        "swap_p50_ms": percentile(swap, 50),
-        "swap_max_ms": percentile(swap, 100),
-        "after_swap_p50_ms": percentile(after_swap, 50),
-        "after_swap_max_ms": percentile(after_swap, 100),
-        "observer_callbacks": recorded["callbacks"],
-        "observer_total_ms": recorded["callbackMs"],
-        "observer_max_ms": recorded["callbackMaxMs"],
-        "observer_chars_read": recorded["scanned"],
-        "final_has_every_token": all(
-            f"w{n:06d}" in recorded["finalText"] for n in range(1, tokens + 1)
-        ),
-        "page_clock_error_ms": recorded["clock_error_ms"],
-        "page_clock_trip_ms": recorded["clock_trip_ms"],
+    echo = frames[0] if frames else [None, None, None]  # the first frame: the user's message
+    out = {"tokens": tokens, "tokens_written": len(wrote), "latency_ms": series.pop("latency")}
+    out["tokens_never_seen"] = sum(1 for n in range(1, tokens + 1) if n not in seen)
+    first, first_wrote, first_arrived = seen.get(1), wrote.get(1), arrived.get(1)
+    out |= {
+        "first_token_ms": diff(first, first_wrote),
+        "enter_to_first_token_ms": diff(first, enter),
+        "enter_to_upstream_request_ms": diff(request, enter),
+        "upstream_request_to_first_write_ms": diff(first_wrote, request),
+        "first_token_to_arrival_ms": diff(first_arrived, first_wrote),
+        "first_token_in_page_ms": diff(first, first_arrived),
+        "frames_before_first_token": at["frameOf"].get(1, -1),
+        "echo_swap_ms": diff(echo[1], echo[0]),
+        "echo_after_swap_ms": diff(echo[2], echo[1]),
     }
+    out |= latency_figures(out["latency_ms"])
+    for name, values in series.items():
+        out |= {f"{name}_p50_ms": percentile(values, 50), f"{name}_p99_ms": percentile(values, 99)}
+    final = recorded["finalText"]
+    out["final_has_every_token"] = all(f"w{n:06d}" in final for n in range(1, tokens + 1))
+    observer = {"callbacks": "callbacks", "chars_read": "scanned", "total_ms": "callbackMs"}
+    observer["max_ms"] = "callbackMaxMs"
+    out |= {f"observer_{k}": recorded[v] for k, v in observer.items()}
+    out |= {f"page_{k}": recorded[k] for k in ("clock_error_ms", "clock_trip_ms")}
+    return out | frame_figures(frames)
+
+
+def frame_figures(frames: list) -> dict:
+    values = {"swap_{}_ms": [f[1] - f[0] for f in frames if f[1] is not None]}
+    values["after_swap_{}_ms"] = [f[2] - f[1] for f in frames if None not in (f[1], f[2])]
+    values["frame_chars_{}"] = [f[3] for f in frames]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(frames)]
+    out = {"frames": len(frames), "frame_gap_p50_ms": percentile(gaps, 50)}
+    for key, series in values.items():
+        out[key.format("p50")] = percentile(series, 50)
+        out[key.format("max")] = percentile(series, 100)
+    return out
+
+
+def latency_figures(latency: list[float], firsts=None, lasts=None) -> dict:
+    """Percentiles of all the tokens, of the first tenth and of the last (the run's own, or
+    ``firsts`` and ``lasts`` pooled from several runs)."""
+    tenth = max(1, len(latency) // 10)
+    parts = {"": latency, "first_tenth_": firsts or latency[:tenth]}
+    parts["last_tenth_"] = lasts or latency[-tenth:]
+    out = {f"{part}p{p}_ms": percentile(v, p) for part, v in parts.items() for p in (50, 99)}
+    return out | {"max_ms": percentile(latency, 100), "min_ms": min(latency, default=None)}
 
 
 def pooled(runs: list[dict]) -> dict:
-    """The per-token figures over every run's tokens together."""
-    latency, first_tenths, last_tenths = [], [], []
+    """The per-token figures over every run's tokens together; the worst run's first token."""
+    latency, firsts, lasts = [], [], []
     for run in runs:
-        values = run["latency_ms"]
-        tenth = max(1, len(values) // 10)
-        latency += values
-        first_tenths += values[:tenth]
-        last_tenths += values[-tenth:]
-    firsts = [r["first_token_ms"] for r in runs if r["first_token_ms"] is not None]
-    return {
-        "first_token_ms": max(firsts, default=None),  # the worst run's
-        "p50_ms": percentile(latency, 50),
-        "p99_ms": percentile(latency, 99),
-        "max_ms": percentile(latency, 100),
-        "first_tenth_p50_ms": percentile(first_tenths, 50),
-        "first_tenth_p99_ms": percentile(first_tenths, 99),
-        "last_tenth_p50_ms": percentile(last_tenths, 50),
-        "last_tenth_p99_ms": percentile(last_tenths, 99),
-        "tokens_never_seen": sum(r["tokens_never_seen"] for r in runs),
-    }
+        tenth = max(1, len(run["latency_ms"]) // 10)
+        latency, firsts = latency + run["latency_ms"], firsts + run["latency_ms"][:tenth]
+        lasts += run["latency_ms"][-tenth:]
+    first = [run["first_token_ms"] for run in runs if run["first_token_ms"] is not None]
+    out = latency_figures(latency, firsts, lasts) | {"first_token_ms": max(first, default=None)}
+    return out | {"min_ms": None, "tokens_never_seen": sum(r["tokens_never_seen"] for r in runs)}
 
 
-def verdict(value, limit) -> str:
-    if value is None:
-        return "NOT MET"
-    return "met" if value <= limit else "NOT MET"
+# --- report -----------------------------------------------------------------------------
+
+RUN_ROWS = [  # label, figure, digits, target, its limit
+    ("first token (worst run in 'all')", "first_token_ms", 1, "<= 10", 10),
+    ("token p50", "p50_ms", 1, "", None),
+    ("token p99", "p99_ms", 1, "<= 30", 30),
+    ("token max", "max_ms", 1, "", None),
+    ("first 10% of tokens p50", "first_tenth_p50_ms", 1, "", None),
+    ("first 10% of tokens p99", "first_tenth_p99_ms", 1, "", None),
+    ("last 10% of tokens p50", "last_tenth_p50_ms", 1, "", None),
+    ("last 10% of tokens p99", "last_tenth_p99_ms", 1, "", None),
+    ("tokens never seen", "tokens_never_seen", 0, "0", 0),
+    ("token min (clock sanity: > 0)", "min_ms", 2, "", None),
+    ("Enter -> first token visible", "enter_to_first_token_ms", 1, "", None),
+]
+BREAKDOWN_ROWS = [  # label, figure, digits; the witness rows only with --witness
+    ("Enter -> upstream request arrived", "enter_to_upstream_request_ms", 1),
+    ("upstream: request -> first token written", "upstream_request_to_first_write_ms", 1),
+    ("first token: write -> frame at the page's JS", "first_token_to_arrival_ms", 1),
+    ("first token: frame at the page's JS -> visible", "first_token_in_page_ms", 1),
+    ("frames before the first token's", "frames_before_first_token", 0),
+    ("first frame (message echo): htmx parse + swap", "echo_swap_ms", 1),
+    ("first frame (message echo): chat.js scroll, layout", "echo_after_swap_ms", 1),
+    ("upstream write -> frame at the page's JS, p50", "to_arrival_p50_ms", 1),
+    ("upstream write -> frame at the page's JS, p99", "to_arrival_p99_ms", 1),
+    ("frame at the page's JS -> token visible, p50", "in_page_p50_ms", 1),
+    ("frame at the page's JS -> token visible, p99", "in_page_p99_ms", 1),
+    ("upstream write -> bare socket beside the page, p50", "witness_p50_ms", 1),
+    ("upstream write -> bare socket beside the page, p99", "witness_p99_ms", 1),
+    ("bare socket -> frame at the page's JS, p50", "witness_to_page_p50_ms", 1),
+    ("bare socket -> frame at the page's JS, p99", "witness_to_page_p99_ms", 1),
+    ("upstream write -> next animation frame, p50", "to_paint_p50_ms", 1),
+    ("upstream write -> next animation frame, p99", "to_paint_p99_ms", 1),
+    ("frames", "frames", 0),
+    ("time between frames p50 (ms)", "frame_gap_p50_ms", 1),
+    ("frame size p50 (characters)", "frame_chars_p50", 0),
+    ("frame size max (characters)", "frame_chars_max", 0),
+    ("htmx parse + swap per frame p50 (ms)", "swap_p50_ms", 2),
+    ("htmx parse + swap per frame max (ms)", "swap_max_ms", 2),
+    ("swap -> observer (chat.js scroll, layout) p50", "after_swap_p50_ms", 2),
+    ("swap -> observer (chat.js scroll, layout) max", "after_swap_max_ms", 2),
+    ("observer callbacks", "observer_callbacks", 0),
+    ("observer time in all (ms)", "observer_total_ms", 2),
+    ("observer time, longest callback (ms)", "observer_max_ms", 3),
+    ("observer characters read", "observer_chars_read", 0),
+    ("Daphne CPU (% of one core)", "daphne_cpu_percent", 0),
+    ("Chromium CPU, all processes (%)", "chromium_cpu_percent", 0),
+    ("Chromium CPU, renderer (%)", "renderer_cpu_percent", 0),
+    ("page clock - bench clock (ms)", "page_clock_error_ms", 2),
+    ("  within +- half of this round trip (ms)", "page_clock_trip_ms", 2),
+]
+
+
+def met(value, limit) -> bool:
+    return value is not None and value <= limit
+
+
+def print_columns(title: str, column: str, runs: list[dict], spec: list[tuple]) -> None:
+    rows = [(label, *[number(run.get(key), digits) for run in runs]) for label, key, digits in spec]
+    common.print_table(title, ("", *[f"{column} {i + 1}" for i in range(len(runs))]), rows)
 
 
 def print_runs(runs: list[dict], total: dict) -> None:
-    def row(label, key, digits=1, target="", limit=None, all_value=...):
-        cells = [number(run.get(key), digits) for run in runs]
-        overall = total.get(key) if all_value is ... else all_value
-        met = "" if limit is None else verdict(overall, limit)
-        return (label, *cells, number(overall, digits) if overall is not None else "", target, met)
-
+    rows = []
+    for label, key, digits, target, limit in RUN_ROWS:
+        overall, cells = total.get(key), [number(run.get(key), digits) for run in runs]
+        cells.append("" if overall is None else number(overall, digits))
+        verdict = "" if limit is None else "met" if met(overall, limit) else "NOT MET"
+        rows.append((label, *cells, target, verdict))
     header = ("ms", *[f"run {i + 1}" for i in range(len(runs))], "all runs", "target", "")
-    rows = [
-        row("first token (worst run in 'all')", "first_token_ms", 1, "<= 10", 10),
-        row("token p50", "p50_ms"),
-        row("token p99", "p99_ms", 1, "<= 30", 30),
-        row("token max", "max_ms"),
-        row("first 10% of tokens p50", "first_tenth_p50_ms"),
-        row("first 10% of tokens p99", "first_tenth_p99_ms"),
-        row("last 10% of tokens p50", "last_tenth_p50_ms"),
-        row("last 10% of tokens p99", "last_tenth_p99_ms"),
-        row("tokens never seen", "tokens_never_seen", 0, "0", 0),
-        row("token min (clock sanity: > 0)", "min_ms", 2, all_value=None),
-        row("Enter -> first token visible", "enter_to_first_token_ms", all_value=None),
-    ]
-    print_table("token visible in the page - upstream wrote it (ms)", header, rows)
+    common.print_table("token visible in the page - upstream wrote it (ms)", header, rows)
     for index, run in enumerate(runs, start=1):
         if not run["final_has_every_token"]:
             print(f"  ! run {index}: the final element lacks some of the tokens")
     print(f"  elsewhere, measured the same way (from the issue): {ELSEWHERE}")
-
-
-def print_breakdown(runs: list[dict]) -> None:
-    def row(label, key, digits=1):
-        return (label, *[number(run.get(key), digits) for run in runs])
-
-    header = ("", *[f"run {i + 1}" for i in range(len(runs))])
-    rows = [
-        row("Enter -> upstream request arrived", "enter_to_upstream_request_ms"),
-        row("upstream: request -> first token written", "upstream_request_to_first_write_ms"),
-        row("first token: write -> frame at the page's JS", "first_token_to_arrival_ms"),
-        row("first token: frame at the page's JS -> visible", "first_token_in_page_ms"),
-        row("frames before the first token's", "frames_before_first_token", 0),
-        row("first frame (message echo): htmx parse + swap", "echo_swap_ms"),
-        row("first frame (message echo): chat.js scroll, layout", "echo_after_swap_ms"),
-        row("upstream write -> frame at the page's JS, p50", "to_arrival_p50_ms"),
-        row("upstream write -> frame at the page's JS, p99", "to_arrival_p99_ms"),
-        row("frame at the page's JS -> token visible, p50", "in_page_p50_ms"),
-        row("frame at the page's JS -> token visible, p99", "in_page_p99_ms"),
-        *(
-            [
-                row("upstream write -> bare socket beside the page, p50", "witness_p50_ms"),
-                row("upstream write -> bare socket beside the page, p99", "witness_p99_ms"),
-                row("bare socket -> frame at the page's JS, p50", "witness_to_page_p50_ms"),
-                row("bare socket -> frame at the page's JS, p99", "witness_to_page_p99_ms"),
-            ]
-            if runs[0].get("witness_p50_ms") is not None
-            else []
-        ),
-        row("upstream write -> next animation frame, p50", "to_paint_p50_ms"),
-        row("upstream write -> next animation frame, p99", "to_paint_p99_ms"),
-        row("frames", "frames", 0),
-        row("time between frames p50 (ms)", "frame_gap_p50_ms"),
-        row("frame size p50 (characters)", "frame_chars_p50", 0),
-        row("frame size max (characters)", "frame_chars_max", 0),
-        row("htmx parse + swap per frame p50 (ms)", "swap_p50_ms", 2),
-        row("htmx parse + swap per frame max (ms)", "swap_max_ms", 2),
-        row("swap -> observer (chat.js scroll, layout) p50", "after_swap_p50_ms", 2),
-        row("swap -> observer (chat.js scroll, layout) max", "after_swap_max_ms", 2),
-        row("observer callbacks", "observer_callbacks", 0),
-        row("observer time in all (ms)", "observer_total_ms", 2),
-        row("observer time, longest callback (ms)", "observer_max_ms", 3),
-        row("observer characters read", "observer_chars_read", 0),
-        row("Daphne CPU (% of one core)", "daphne_cpu_percent", 0),
-        row("Chromium CPU, all processes (%)", "chromium_cpu_percent", 0),
-        row("Chromium CPU, renderer (%)", "renderer_cpu_percent", 0),
-        row("page clock - bench clock (ms)", "page_clock_error_ms", 2),
-        row("  within +- half of this round trip (ms)", "page_clock_trip_ms", 2),
-    ]
-    print_table("where the time goes, per run", header, rows)
-
-
-def print_socket(sockets: list[dict]) -> None:
-    def row(label, key, digits=1):
-        return (label, *[number(run.get(key), digits) for run in sockets])
-
-    rows = [
-        row("first token", "ttft_added_p50_ms"),
-        row("token p50", "token_latency_p50_ms"),
-        row("token p99", "token_latency_p99_ms"),
-        row("token max", "token_latency_max_ms"),
-        row("tokens lost", "tokens_lost", 0),
-        row("frames", "frames", 0),
-        row("Daphne CPU (% of one core)", "daphne_cpu_percent", 0),
-    ]
-    print_table(
-        "the same reply read by a bare Python websocket client (no browser), ms after the write",
-        ("", *[f"socket {i + 1}" for i in range(len(sockets))]),
-        rows,
-    )
+    witness = runs[0].get("witness_p50_ms") is not None
+    breakdown = [row for row in BREAKDOWN_ROWS if witness or not row[1].startswith("witness")]
+    print_columns("where the time goes, per run", "run", runs, breakdown)
 
 
 # --- main -------------------------------------------------------------------------------
 
 
-def load(when: str) -> tuple[float, float, float]:
-    one, five, fifteen = os.getloadavg()
-    print(f"load average {when}: {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs")
-    return one, five, fifteen
-
-
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description="Measure when streamed tokens become visible in Chromium (bench/README.md)."
-    )
-    parser.add_argument("--tokens", type=int, default=2000, help="tokens in the reply")
-    parser.add_argument("--rate", type=float, default=200.0, help="tokens per second")
-    parser.add_argument(
-        "--paragraph", type=int, default=40, help="tokens per Markdown paragraph (default 40)"
-    )
-    parser.add_argument("--runs", type=int, default=3, help="replies, each in a new conversation")
-    parser.add_argument(
-        "--socket-runs",
-        type=int,
-        default=1,
-        help="replies also read by a bare websocket client, without a browser (0 to skip)",
-    )
-    parser.add_argument(
-        "--witness",
-        action="store_true",
-        help="also read each reply with a bare socket on the same conversation (a breakdown)",
-    )
-    parser.add_argument("--json", type=Path, help="where to write the results")
+    parser = argparse.ArgumentParser(description="When streamed tokens show in Chromium.")
+    add = parser.add_argument
+    add("--tokens", type=int, default=2000, help="tokens in the reply")
+    add("--rate", type=float, default=200.0, help="tokens per second")
+    add("--paragraph", type=int, default=40, help="tokens per Markdown paragraph")
+    add("--runs", type=int, default=3, help="replies, each in a new conversation")
+    add("--witness", action="store_true", help="a bare socket beside the page in each run")
     args = parser.parse_args(argv)
     if args.tokens < 1 or args.rate <= 0 or args.runs < 1 or args.paragraph < 0:
         parser.error("tokens, rate and runs must be positive")
     return args
 
 
+def measure(args, tmp: Path, stack: ExitStack) -> dict:
+    """Start the upstream, the site and Chromium; the warm-up, the runs; the pooled figures."""
+    timeout, run_id = args.tokens / args.rate + 60, datetime.now().strftime("%H%M%S")
+    upstream, env = common.upstream_and_site(tmp, stack, args)  # before Playwright's threads
+    site = common.Site(tmp, env)
+    stack.callback(site.stop)
+    username = f"visible{run_id}"
+    common.create_users(site, [username])
+    site.start()
+    browser = launch(stack)
+    print(f"Chromium {browser.version}, Python {platform.python_version()}")
+    offset, spread = epoch_offset()
+    print(f"time.time() - time.monotonic(): spread {spread * 1e6:.1f} µs over 21 readings")
+    runs = []
+    # Warm-up: load templates, the renderer, the browser's caches; not measured.
+    warmup, stop_after = f"bench-{run_id}-warmup", min(50, args.tokens)
+    run_in_browser(browser, site, username, warmup, timeout, stop_after=stop_after)
+    for index in range(1, args.runs + 1):
+        name, witness = f"bench-{run_id}-run{index}", args.tokens if args.witness else 0
+        upstream.reset()
+        recorded, cpu = run_in_browser(browser, site, username, name, timeout, witness=witness)
+        run = run_figures(recorded, upstream.times().get(name, {}), offset, args.tokens)
+        runs.append(run | cpu)
+        first, p50, p99 = (number(run[key]) for key in ("first_token_ms", "p50_ms", "p99_ms"))
+        print(f"run {index}: first token {first} ms, p50 {p50}, p99 {p99}, ", end="")
+        print(f"never seen {run['tokens_never_seen']}", flush=True)
+    print_runs(runs, total := pooled(runs))
+    return total
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    json_path = args.json or RESULTS / f"visible-{stamp}.json"
-    results: dict = {"arguments": vars(args) | {"json": str(json_path)}}
-    results["load_before"] = load("before")
+    common.print_load("before")
     flush = {k: v for k, v in os.environ.items() if k.startswith("CHAT_FLUSH_")}
-    print(
-        f"{args.tokens} tokens at {args.rate:g}/s, a paragraph every {args.paragraph}, "
-        f"{args.runs} run(s); site env {flush or 'CHAT_FLUSH_* defaults'}"
-    )
-    timeout = args.tokens / args.rate + 60
-    run_id = datetime.now().strftime("%H%M%S")
-
-    upstream = site = browser = None
-    with tempfile.TemporaryDirectory(prefix="bench-visible-") as tmp_name:
-        tmp = Path(tmp_name)
-        try:
-            # Both before Playwright starts any thread (start_process uses preexec_fn).
-            upstream = Upstream(tmp, args.rate, args.tokens, args.paragraph)
-            env = {
-                "DATABASE_URL": f"sqlite:///{tmp / 'site.sqlite3'}",
-                "OPENAI_BASE_URL": upstream.base_url,
-                "CHANNEL_LAYER_PREFIX": f"bench-visible-{os.getpid()}",
-            }
-            site = Site(tmp, env)
-            site.manage("migrate", "--noinput")
-            username = f"visible{run_id}"
-            site.manage(
-                "shell",
-                "-c",
-                CREATE_USERS,
-                extra_env={"BENCH_USERS": username, "BENCH_PASSWORD": PASSWORD},
-            )
-            site.start()
-            browser = Browser(site)
-            print(f"Chromium {browser.version}, Python {platform.python_version()}")
-            offset, spread = epoch_offset()
-            print(f"time.time() - time.monotonic(): spread {spread * 1e6:.1f} µs over 21 readings")
-            results["epoch_offset"] = {"median_s": offset, "spread_s": spread}
-
-            # Warm-up: load templates, the renderer, the browser's caches; not measured.
-            warmup = f"bench-{run_id}-warmup"
-            run_in_browser(browser, username, warmup, timeout, stop_after=min(50, args.tokens))
-
-            runs, cookie = [], ""
-            for index in range(args.runs):
-                name = f"bench-{run_id}-run{index + 1}"
-                upstream.reset()
-                meter = Meter(site)
-                recorded = run_in_browser(
-                    browser,
-                    username,
-                    name,
-                    timeout,
-                    meter,
-                    witness_tokens=args.tokens if args.witness else 0,
-                )
-                written = upstream.times().get(name, {})
-                run = run_figures(recorded, written, offset, args.tokens) | meter.figures
-                runs.append(run)
-                cookie = recorded["cookie"]
-                print(
-                    f"run {index + 1}: first token {number(run['first_token_ms'])} ms, "
-                    f"p50 {number(run['p50_ms'])}, p99 {number(run['p99_ms'])}, "
-                    f"never seen {run['tokens_never_seen']}",
-                    flush=True,
-                )
-            results["runs"] = runs
-            results["all_runs"] = pooled(runs)
-            print_runs(runs, results["all_runs"])
-            print_breakdown(runs)
-
-            if args.socket_runs:
-                results["socket"] = socket_runs(site, upstream, args, cookie, tmp, run_id)
-                print_socket(results["socket"])
-        except Exception:
-            for log in ("daphne.log", "upstream.log"):
-                if tail := log_tail(tmp / log):
-                    print(f"\n--- last lines of {log} ---\n{tail}", file=sys.stderr)
-            raise
-        finally:
-            if browser is not None:
-                browser.close()
-            if site is not None:
-                site.stop()
-            if upstream is not None:
-                upstream.stop()
-
-    total = results["all_runs"]
-    results["targets"] = {
-        f"first token <= {FIRST_TOKEN_TARGET_MS} ms": verdict(
-            total["first_token_ms"], FIRST_TOKEN_TARGET_MS
-        ),
-        f"p99 <= {P99_TARGET_MS} ms": verdict(total["p99_ms"], P99_TARGET_MS),
-        "every token seen": "met" if total["tokens_never_seen"] == 0 else "NOT MET",
-    }
-    print("\ntargets (from the issue):")
-    for target, met in results["targets"].items():
-        print(f"  {met:7}  {target}")
-    results["load_after"] = load("after")
-    for run in results["runs"]:
-        run.pop("latency_ms")  # per-token values: long, and in no table
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=2))
-    print(f"results written to {json_path}")
-
-
-def socket_runs(site: Site, upstream: Upstream, args, cookie: str, tmp: Path, run_id: str):
-    """The same reply, read by streaming_client.py over a websocket, with the page's cookie."""
-    timeout = args.tokens / args.rate + 60
-    outcomes = []
-    with httpx.Client(base_url=site.url, trust_env=False, timeout=60) as http:
-        for part in cookie.split("; "):
-            key, _, value = part.partition("=")
-            http.cookies.set(key, value)
-        for index in range(args.socket_runs):  # one at a time, like the browser's runs
-            created = http.post("/c/new/", headers={"X-CSRFToken": http.cookies["csrftoken"]})
-            page = http.get(created.headers["location"])
-            name = f"bench-{run_id}-socket{index + 1}"
-            stream = {"name": name, "path": WS_CONNECT.search(page.text)[1], "cookie": cookie}
-            spec = {"url": site.url, "tokens": args.tokens, "timeout": timeout, "keep": False}
-            spec["streams"] = [stream]
-            upstream.reset()
-            before = daphne_cpu(site)
-            result = run_client("site", spec, tmp, timeout + 60, f"-{name}")
-            used = daphne_cpu(site) - before
-            outcome = figures(result, upstream.times(), args.rate, args.tokens)
-            outcome["daphne_cpu_percent"] = used / (result["ended"] - result["started"]) * 100
-            outcomes.append(outcome)
-    return outcomes
+    flush = flush or "CHAT_FLUSH_* defaults"
+    print(f"{args.tokens} tokens at {args.rate:g}/s, a paragraph every {args.paragraph}, ", end="")
+    print(f"{args.runs} run(s); site env {flush}")
+    with common.workspace("bench-visible-") as (tmp, stack):
+        total = measure(args, tmp, stack)
+    common.print_targets({t: met(total[key], limit) for t, (key, limit) in TARGETS.items()})
 
 
 if __name__ == "__main__":
