@@ -5,7 +5,7 @@ Each event is a dataclass; on the wire it is the dict Channels expects, its
 per conversation: its open sockets, and its reply task (at most one runs).
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 
@@ -21,9 +21,10 @@ def reply_group(conversation_id: int) -> str:
 
 class Event:
     type: ClassVar[str]
+    __match_args__: ClassVar[tuple[str, ...]]  # the dataclass's fields, in order
 
     def as_message(self) -> dict:
-        return {"type": self.type, **asdict(self)}
+        return {"type": self.type} | {name: getattr(self, name) for name in self.__match_args__}
 
 
 # --- from a reply to the sockets of its conversation ------------------------------------
@@ -108,4 +109,4 @@ def parse(message: dict, kinds: dict[str, type[Event]]) -> Event | None:
     kind = kinds.get(message.get("type"))
     if kind is None:
         return None
-    return kind(**{f.name: message[f.name] for f in fields(kind)})
+    return kind(*[message[name] for name in kind.__match_args__])

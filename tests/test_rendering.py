@@ -11,6 +11,7 @@ from django.template import Context, Template
 from hostile import HOSTILE
 
 from conversations import rendering
+from conversations.page import MessageIds
 from conversations.rendering import (
     MAX_TAIL,
     StreamingRenderer,
@@ -194,6 +195,15 @@ def test_markdown_template_filter():
     template = Template("{% load chat %}<div>{{ text|markdown }}</div>")
     rendered = template.render(Context({"text": "**bold** <script>"}))
     assert rendered == "<div><p><strong>bold</strong> &lt;script&gt;</p>\n</div>"
+
+
+@pytest.mark.parametrize(
+    ("appended", "tail"), [("", ""), ("<p>a</p>", "<p>b</p>"), ("", "<p>&lt;</p>")]
+)
+def test_delta_is_the_partial_filled_in(appended, tail):
+    ids = MessageIds(41)
+    direct = rendering._partial("delta", {"ids": ids, "appended": appended, "tail": tail})
+    assert delta_html(41, appended, tail) == direct
 
 
 def test_delta_always_sends_the_tail_so_an_emptied_tail_is_cleared():
