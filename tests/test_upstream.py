@@ -16,16 +16,19 @@ from conversations.upstream import (
     Finish,
     HTTPStatusError,
     IdleTimeout,
+    ReasoningDelta,
     RefusalDelta,
     StreamError,
     StreamInterrupted,
     TextDelta,
+    TextWasReasoning,
     ToolCallDelta,
     UpstreamError,
     Usage,
     list_models,
     stream_chat,
 )
+from conversations.upstream.think import ThinkTags
 
 MODEL = "test-model"
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -258,6 +261,313 @@ async def test_other_choices_are_ignored(serve, client):
     ]
     server = await serve(streaming(two, c({"content": "!"}), c({}, "stop")))
     assert await collect(client, server) == [TextDelta("A"), TextDelta("!"), Finish("stop")]
+
+
+# --- reasoning ---------------------------------------------------------------
+
+
+def split(*pieces: str) -> list:
+    """The events ThinkTags gives for ``pieces`` fed one by one, the flush included."""
+    tags = ThinkTags()
+    events = [event for piece in pieces for event in tags.feed(piece)]
+    return events + tags.flush()
+
+
+def merged(events: list) -> list:
+    """``events`` with neighbouring deltas of one kind joined: how they read."""
+    out = []
+    for event in events:
+        kind = type(event)
+        if out and kind in (TextDelta, ReasoningDelta) and type(out[-1]) is kind:
+            out[-1] = kind(out[-1].text + event.text)
+        else:
+            out.append(event)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            "<think>\nThe user greets me.\n</think>\n\nHello!",
+            [ReasoningDelta("The user greets me.\n"), TextDelta("Hello!")],
+        ),
+        ("\n \n<think>a</think>b", [ReasoningDelta("a"), TextDelta("b")]),
+        ("<THOUGHT>a</Thought>  b", [ReasoningDelta("a"), TextDelta("b")]),
+        ("<thinking>a</thinking>b", [ReasoningDelta("a"), TextDelta("b")]),
+        ("<reasoning>a</reasoning>b", [ReasoningDelta("a"), TextDelta("b")]),
+        # Only the opening tag's own closing tag ends the block.
+        ("<think>a</thinking>b</think>c", [ReasoningDelta("a</thinking>b"), TextDelta("c")]),
+        # Qwen3 with thinking off: an empty block, then the answer.
+        ("<think>\n\n</think>\n\nHi", [TextDelta("Hi")]),
+        # After the block, and anywhere but the start, tags are text.
+        (
+            "<think>a</think>b <think>c</think>",
+            [ReasoningDelta("a"), TextDelta("b <think>c</think>")],
+        ),
+        ("Say <think> twice", [TextDelta("Say <think> twice")]),
+        # The opening tag was in the prompt (vllm#12999): the text so far was reasoning.
+        (
+            "Okay, 2 + 2.\n</think>\n\n4",
+            [TextDelta("Okay, 2 + 2.\n"), TextWasReasoning(), TextDelta("4")],
+        ),
+        ("a</THINK>b</think>c", [TextDelta("a"), TextWasReasoning(), TextDelta("b</think>c")]),
+        # ...and when nothing came before it, there is nothing to take back.
+        ("</think>\n\nHi", [TextDelta("Hi")]),
+        ("\n</think>Hi", [TextDelta("Hi")]),
+        # A block never closed (cut by max_tokens) stays reasoning.
+        ("<think>Let me", [ReasoningDelta("Let me")]),
+        ("<think>Let me </th", [ReasoningDelta("Let me </th")]),
+        # What looked like a tag's start is released at the end as what it was.
+        ("<thi", [TextDelta("<thi")]),
+        ("x </", [TextDelta("x </")]),
+        ("  \n", [TextDelta("  \n")]),
+        ("", []),
+        # Case folding is ASCII only: KELVIN SIGN is not a "k", and "İ" keeps its length.
+        ("a</thin\u212a>b", [TextDelta("a</thin\u212a>b")]),
+        ("İİ</think>x", [TextDelta("İİ"), TextWasReasoning(), TextDelta("x")]),
+        ("<b>bold</b> and 1 < 2", [TextDelta("<b>bold</b> and 1 < 2")]),
+    ],
+)
+def test_think_tags(content, expected):
+    assert merged(split(content)) == expected
+    # Split anywhere, or a character at a time, it reads the same.
+    for cut in range(len(content) + 1):
+        assert merged(split(content[:cut], content[cut:])) == expected, cut
+    assert merged(split(*content)) == expected
+
+
+def test_think_tags_hold_back_only_a_possible_tag():
+    tags = ThinkTags()
+    assert tags.feed("  ") == []  # an opening tag may still follow
+    assert tags.feed("<") == []
+    assert tags.feed("p>") == [TextDelta("  <p>")]  # it cannot be one any more
+    assert tags.feed("x <") == [TextDelta("x ")]
+    assert tags.feed("</thi") == [TextDelta("<")]  # the first "<" cannot start a tag
+    assert tags.feed("s") == [TextDelta("</this")]
+    assert tags.feed("</think") == []
+    assert tags.feed(">\n\nAnswer") == [TextWasReasoning(), TextDelta("Answer")]
+    assert tags.feed("</think>") == [TextDelta("</think>")]
+    assert tags.flush() == []
+
+    tags = ThinkTags()
+    assert tags.feed("<think>") == []
+    assert tags.feed("\n") == []  # the reasoning's leading whitespace is dropped
+    assert tags.feed("Hmm</") == [ReasoningDelta("Hmm")]
+    assert tags.feed("b>") == [ReasoningDelta("</b>")]
+    assert tags.feed("</think>") == []
+    assert tags.feed(" \n") == []  # so is the answer's
+    assert tags.feed(" Yes") == [TextDelta("Yes")]
+
+
+def test_think_tags_flush_releases_and_ends():
+    tags = ThinkTags()
+    assert tags.feed("<think>a</thin") == [ReasoningDelta("a")]
+    assert tags.flush() == [ReasoningDelta("</thin")]
+    assert tags.flush() == []
+    assert tags.feed("<think>late") == [TextDelta("<think>late")]  # the stream had ended
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning", "reasoning_text"])
+async def test_reasoning_fields(serve, client, field):
+    server = await serve(
+        streaming(
+            c({"role": "assistant", "content": None, field: ""}),
+            c({"content": None, field: "Hmm"}),
+            c({field: ", yes."}),
+            c({"content": "Yes", field: None}),
+            c({}, "stop"),
+        )
+    )
+    assert await collect(client, server) == [
+        ReasoningDelta("Hmm"),
+        ReasoningDelta(", yes."),
+        TextDelta("Yes"),
+        Finish("stop"),
+    ]
+
+
+async def test_the_same_reasoning_in_two_fields_counts_once(serve, client):
+    server = await serve(
+        streaming(
+            c({"reasoning": "a", "reasoning_content": "a"}),
+            c({"reasoning": "b", "reasoning_content": "b", "content": "c"}),
+            c({}, "stop"),
+        )
+    )
+    events = await collect(client, server)
+    assert events == [ReasoningDelta("a"), ReasoningDelta("b"), TextDelta("c"), Finish("stop")]
+
+
+async def test_reasoning_details(serve, client):
+    def details(*entries, reasoning=None):
+        return c({"content": "", "reasoning": reasoning, "reasoning_details": list(entries)})
+
+    text = {"type": "reasoning.text", "format": "anthropic-claude-v1", "index": 0}
+    server = await serve(
+        streaming(
+            details(),
+            details({**text, "text": "", "signature": ""}),
+            details({**text, "text": "Think"}, reasoning="Think"),  # once, not twice
+            details({**text, "text": "ing"}, {**text, "text": "."}, reasoning="ing."),
+            details({"type": "reasoning.summary", "summary": " In short."}),
+            details({**text, "text": None, "signature": "EqQBCkYIBx"}),
+            details({"type": "reasoning.encrypted", "data": "gAAAAABo95Ad", "index": 0}),
+            # Only an encrypted entry, but the text in delta.reasoning: that is shown.
+            details({"type": "reasoning.encrypted", "data": "x"}, reasoning=" Also."),
+            details("not a dict", {"type": "reasoning.unknown", "text": "?"}),
+            c({"content": "Done"}, "stop"),
+        )
+    )
+    assert merged(await collect(client, server)) == [
+        ReasoningDelta("Thinking. In short. Also."),
+        TextDelta("Done"),
+        Finish("stop"),
+    ]
+
+
+async def test_content_parts(serve, client):
+    def parts(*items):
+        return c({"content": list(items)})
+
+    def thinking(thought):
+        return {"type": "thinking", "thinking": thought}
+
+    server = await serve(
+        streaming(
+            parts(thinking([{"type": "text", "text": "Okay"}])),
+            parts(
+                thinking([{"type": "text", "text": ", a"}, {"type": "text", "text": " greeting."}])
+            ),
+            parts(thinking("As a string.")),
+            parts(thinking([]), thinking(None), {"type": "image_url"}, "text", {"type": "text"}),
+            parts({**thinking([{"type": "text", "text": ""}]), "closed": True}),
+            parts({"type": "text", "text": "Hello"}, {"type": "text", "text": "!"}),
+            c({"content": " How can I help?"}),
+            parts({"type": "refusal", "refusal": "No."}),
+            c({}, "stop"),
+        )
+    )
+    assert await collect(client, server) == [
+        ReasoningDelta("Okay"),
+        ReasoningDelta(", a greeting."),
+        ReasoningDelta("As a string."),
+        TextDelta("Hello"),
+        TextDelta("!"),
+        TextDelta(" How can I help?"),
+        RefusalDelta("No."),
+        Finish("stop"),
+    ]
+
+
+async def test_inline_tags_over_the_wire(serve, client):
+    server = await serve(
+        streaming(
+            c({"role": "assistant", "content": ""}),
+            c({"content": "\n<th"}),
+            c({"content": "ink>\nHi"}),
+            c({"content": "?</thi"}),
+            c({"content": "nk>\n\nHello"}),
+            c({"content": " </think>"}),  # after the block, tags are text
+            c({}, "stop"),
+        )
+    )
+    assert await collect(client, server) == [
+        ReasoningDelta("Hi"),
+        ReasoningDelta("?"),
+        TextDelta("Hello"),
+        TextDelta(" </think>"),
+        Finish("stop"),
+    ]
+
+
+async def test_held_back_text_is_released_by_done_and_by_eof(serve, client):
+    server = await serve(streaming(c({"content": "a <"})))  # [DONE], no finish_reason
+    assert await collect(client, server) == [TextDelta("a "), TextDelta("<")]
+
+    server = await serve(raw(sse_body(c({"content": "<thi"}), done=False)))
+    events, error = await collect_until_error(client, server)
+    assert events == [TextDelta("<thi")]
+    assert type(error) is StreamInterrupted
+
+
+async def test_held_back_text_survives_a_cut_after_finish(serve, client):
+    async def handler(exchange):
+        await exchange.start()
+        await exchange.send_event(c({"content": "x </"}, "length"))
+        await asyncio.sleep(0.05)
+        exchange.abort()
+
+    server = await serve(handler)
+    assert await collect(client, server) == [TextDelta("x "), TextDelta("</"), Finish("length")]
+
+
+async def test_whole_completion_with_reasoning(serve, client):
+    def completion(message):
+        return {
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": 9,
+                "completion_tokens": 20,
+                "total_tokens": 29,
+                "completion_tokens_details": {"reasoning_tokens": 12},
+            },
+        }
+
+    messages = [
+        {"role": "assistant", "reasoning_content": "Hmm.", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\nHmm.\n</think>\n\nHi"},
+        {"role": "assistant", "content": "Hmm.\n</think>\n\nHi"},
+    ]
+    results = []
+    for message in messages:
+
+        async def handler(exchange, message=message):
+            await exchange.respond_json(200, completion(message))
+
+        server = await serve(handler)
+        results.append(await collect(client, server))
+    assert results[0] == [
+        ReasoningDelta("Hmm."),
+        TextDelta("Hi"),
+        Finish("stop"),
+        Usage(9, 20, 29, 12),
+    ]
+    assert results[1] == [
+        ReasoningDelta("Hmm.\n"),
+        TextDelta("Hi"),
+        Finish("stop"),
+        Usage(9, 20, 29, 12),
+    ]
+    assert results[2][:3] == [TextDelta("Hmm.\n"), TextWasReasoning(), TextDelta("Hi")]
+
+
+async def test_reasoning_tokens_and_groq_usage(serve, client):
+    details = {"reasoning_tokens": 64, "accepted_prediction_tokens": 0}
+    usage = {"prompt_tokens": 15, "completion_tokens": 78, "total_tokens": 93}
+    groq_usage = {
+        "queue_time": 0.07,
+        "prompt_tokens": 23,
+        "completion_tokens": 19,
+        "total_tokens": 42,
+    }
+    server = await serve(
+        streaming(
+            c({}, "stop"),
+            c(usage={**usage, "completion_tokens_details": details}),
+            c(usage={**usage, "completion_tokens_details": {"reasoning_tokens": "64"}}),
+            c(usage=None, x_groq={"id": "req_01hy8ppkajfqk987jv2vx88m9r", "usage": groq_usage}),
+        )
+    )
+    assert await collect(client, server) == [
+        Finish("stop"),
+        Usage(15, 78, 93, 64),
+        Usage(15, 78, 93, None),
+        Usage(23, 19, 42),
+    ]
+    assert Usage(1, 2, 3) == Usage(1, 2, 3, None)
+    assert Usage(1, 2, 3).reasoning_tokens is None
 
 
 # --- how the stream ends -----------------------------------------------------
@@ -951,3 +1261,113 @@ async def test_list_models_errors(serve, client):
     server = await serve(raw(b"not json", content_type="application/json"))
     with pytest.raises(UpstreamError, match="malformed model list"):
         await list_models(server.base_url, client=client)
+
+
+# --- stream_options ----------------------------------------------------------
+
+
+async def test_request_without_stream_options(serve, client):
+    server = await serve(streaming(c({"content": "ok"}, "stop")))
+    assert await collect(client, server, include_usage=False) == [TextDelta("ok"), Finish("stop")]
+    (exchange,) = server.exchanges
+    assert exchange.json == {"model": MODEL, "messages": MESSAGES, "stream": True}
+
+
+STREAM_OPTIONS_REFUSED = {
+    # Azure OpenAI deployments (langchain-ai/langchain#23552, Pythagora-io/gpt-pilot#1022)
+    "azure": (
+        400,
+        {
+            "error": {
+                "message": "Unrecognized request argument supplied: stream_options",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    ),
+    # Later Azure API versions (jamesrochabrun/SwiftOpenAI#67)
+    "azure-unknown-parameter": (
+        400,
+        {
+            "error": {
+                "message": "Unknown parameter: 'stream_options'.",
+                "type": "invalid_request_error",
+                "param": "stream_options",
+                "code": "unknown_parameter",
+            }
+        },
+    ),
+    # FastAPI with a request model that forbids extra fields: a 422 detail list
+    "fastapi": (
+        422,
+        {
+            "detail": [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ["body", "stream_options"],
+                    "msg": "Extra inputs are not permitted",
+                    "input": {"include_usage": True},
+                }
+            ]
+        },
+    ),
+    # vLLM's error object, pydantic's complaint as its message
+    "vllm": (
+        400,
+        {
+            "object": "error",
+            "message": "[{'type': 'extra_forbidden', 'loc': ('body', 'stream_options'), "
+            "'msg': 'Extra inputs are not permitted'}]",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        },
+    ),
+    "plain-text": (400, "Bad Request: unknown field `Stream_Options`"),
+}
+
+
+@pytest.mark.parametrize("name", STREAM_OPTIONS_REFUSED)
+async def test_an_error_naming_stream_options(serve, client, name):
+    status, body = STREAM_OPTIONS_REFUSED[name]
+    server = await serve(_respond(status, body))
+    _, exc = await collect_until_error(client, server)
+    assert type(exc) is HTTPStatusError
+    assert exc.names("stream_options")
+    assert exc.names("STREAM_OPTIONS")
+    assert not exc.names("logprobs")
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, {"error": {"message": "Invalid 'messages[0].content': string too long."}}),
+        (500, {"error": {"message": "stream_options: internal error"}}),  # not a refusal
+        (404, {"error": {"message": "Unknown parameter: stream_options"}}),
+        (429, "stream_options"),
+    ],
+)
+async def test_errors_not_naming_stream_options(serve, client, status, body):
+    server = await serve(_respond(status, body))
+    _, exc = await collect_until_error(client, server)
+    assert not exc.names("stream_options")
+
+
+def test_only_http_errors_name_parameters():
+    assert not UpstreamError("Unknown parameter: stream_options").names("stream_options")
+    assert not StreamError("Unknown parameter: stream_options").names("stream_options")
+    assert HTTPStatusError("Unknown parameter: stream_options", status_code=400).names(
+        "stream_options"
+    )
+
+
+def _respond(status, body):
+    async def handler(exchange):
+        if isinstance(body, str):
+            await exchange.start(status, "text/plain")
+            await exchange.write(body)
+        else:
+            await exchange.respond_json(status, body)
+
+    return handler

@@ -1,10 +1,10 @@
 """A streaming client for OpenAI-compatible chat-completions servers; no Django here.
 
 ``stream_chat`` posts a conversation with ``stream: true`` and yields small,
-typed events (``TextDelta``, ``ToolCallDelta``, ``Finish``, ...) as the
-Server-Sent Events arrive. Every failure is an ``UpstreamError`` whose ``str()``
-is fit to show a person and whose ``retryable`` says whether trying again could
-help. The caller owns the HTTP client: ``new_client()`` once, passed as
+typed events (``TextDelta``, ``ReasoningDelta``, ``ToolCallDelta``, ``Finish``,
+...) as the Server-Sent Events arrive. Every failure is an ``UpstreamError``
+whose ``str()`` is fit to show a person and whose ``retryable`` says whether
+trying again could help. The caller owns the HTTP client: ``new_client()`` once, passed as
 ``client=`` to every call, closed at shutdown.
 """
 
@@ -17,7 +17,16 @@ from .errors import (
     StreamInterrupted,
     UpstreamError,
 )
-from .events import Event, Finish, RefusalDelta, TextDelta, ToolCallDelta, Usage
+from .events import (
+    Event,
+    Finish,
+    ReasoningDelta,
+    RefusalDelta,
+    TextDelta,
+    TextWasReasoning,
+    ToolCallDelta,
+    Usage,
+)
 
 __all__ = [
     "ConnectError",
@@ -25,10 +34,12 @@ __all__ = [
     "Finish",
     "HTTPStatusError",
     "IdleTimeout",
+    "ReasoningDelta",
     "RefusalDelta",
     "StreamError",
     "StreamInterrupted",
     "TextDelta",
+    "TextWasReasoning",
     "ToolCallDelta",
     "UpstreamError",
     "Usage",

@@ -45,6 +45,7 @@ async def stream_chat(
     api_key: str = "",
     idle_timeout: float = 60.0,
     extra: dict | None = None,
+    include_usage: bool = True,
 ) -> AsyncIterator[Event]:
     """Stream one chat completion as events; raise an UpstreamError if it fails.
 
@@ -52,15 +53,14 @@ async def stream_chat(
     (``[DONE]``, EOF, even a cut connection); it raises StreamInterrupted when
     the stream ends before that. Closing the generator early closes the HTTP
     connection, which is how the upstream learns to stop generating.
+    ``include_usage=False`` leaves ``stream_options`` out, for servers that
+    answer it with HTTP 400 (see ``UpstreamError.names``).
     """
     url = _endpoint(base_url, "chat/completions")
-    payload = {
-        "model": model,
-        "messages": messages,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        **(extra or {}),
-    }
+    payload: dict = {"model": model, "messages": messages, "stream": True}
+    if include_usage:
+        payload["stream_options"] = {"include_usage": True}
+    payload.update(extra or {})
     timeout = httpx.Timeout(
         connect=CONNECT_TIMEOUT, read=idle_timeout, write=WRITE_TIMEOUT, pool=POOL_TIMEOUT
     )

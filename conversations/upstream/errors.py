@@ -61,6 +61,14 @@ class UpstreamError(Exception):
             return _retryable_status(self.status_code)
         return self.retryable_without_status
 
+    def names(self, parameter: str) -> bool:
+        """Whether the upstream refused the request (HTTP 400 or 422) naming ``parameter``.
+
+        So a caller can ask once more without it: Azure deployments and older
+        servers refuse ``stream_options``.
+        """
+        return self.status_code in (400, 422) and parameter.lower() in self.message.lower()
+
 
 class ConnectError(UpstreamError):
     """No connection: refused, DNS failure, TLS failure, connect timeout."""

@@ -4,12 +4,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Event", "Finish", "RefusalDelta", "TextDelta", "ToolCallDelta", "Usage"]
+__all__ = [
+    "Event",
+    "Finish",
+    "ReasoningDelta",
+    "RefusalDelta",
+    "TextDelta",
+    "TextWasReasoning",
+    "ToolCallDelta",
+    "Usage",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """Reasoning ("thinking") text to show, apart from the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextWasReasoning:
+    """All the text this stream has yielded as TextDelta so far was reasoning.
+
+    Sent when a closing think tag arrives without an opening one (the chat
+    template put ``<think>`` in the prompt); the text after it is answer again.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +60,9 @@ class Usage:
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
+    reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens
 
 
-Event = TextDelta | RefusalDelta | ToolCallDelta | Finish | Usage
+Event = (
+    TextDelta | ReasoningDelta | TextWasReasoning | RefusalDelta | ToolCallDelta | Finish | Usage
+)

@@ -1,9 +1,11 @@
 """What the chunks mean: chat.completion.chunk objects (and whole completions) to events.
 
 Written against what real servers send (OpenAI, Azure, Ollama, llama.cpp, vLLM,
-LiteLLM), not only against the spec: chunks without choices, usage on its own
-chunk or on every chunk, tool calls without an index, the pre-tools
-``function_call``, error objects in the middle of a 200 stream.
+OpenRouter, Groq, Mistral, LiteLLM), not only against the spec: chunks without
+choices, usage on its own chunk or on every chunk, tool calls without an index,
+the pre-tools ``function_call``, error objects in the middle of a 200 stream,
+and reasoning in any of the fields, content parts or inline tags servers use
+(see ../shared/PROVIDERS.md and tests/test_providers.py).
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ import json
 from collections.abc import Iterator
 
 from .errors import MAX_SHOWN, StreamError, error_fields, shorten
-from .events import Event, Finish, RefusalDelta, TextDelta, ToolCallDelta, Usage
+from .events import (
+    Event,
+    Finish,
+    ReasoningDelta,
+    RefusalDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from .sse import ServerSentEvent, SSEDecoder
+from .think import ThinkTags
 
 __all__ = ["StreamParser"]
 
@@ -24,6 +35,7 @@ class StreamParser:
     def __init__(self, api_key: str = ""):
         self._api_key = api_key  # redacted from the data quoted in errors
         self._sse = SSEDecoder()
+        self._tags = ThinkTags()  # inline <think> tags in the first choice's content
         self.done = False  # [DONE] arrived: stop reading
         self.finished = False  # a finish_reason arrived: an EOF now is a normal end
 
@@ -36,10 +48,12 @@ class StreamParser:
         """At EOF: whatever is still buffered, even without a final blank line."""
         if not self.done:
             yield from self._sse_events(self._sse.flush())
+            yield from self._tags.flush()
 
     def whole(self, body: bytes) -> Iterator[Event]:
         """A complete (non-streamed) chat.completion object."""
         yield from self._data_events(body.decode("utf-8", "replace"))
+        yield from self._tags.flush()
         self.done = True
 
     def _sse_events(self, events: list[ServerSentEvent]) -> Iterator[Event]:
@@ -54,6 +68,7 @@ class StreamParser:
     def _data_events(self, data: str) -> Iterator[Event]:
         if data.strip() == "[DONE]":
             self.done = True
+            yield from self._tags.flush()
             return
         try:
             obj = json.loads(data)
@@ -75,14 +90,14 @@ class StreamParser:
             if isinstance(choice, dict) and _index(choice, position) == 0:
                 yield from self._choice_events(choice)
         # The usage chunk has empty choices; Azure's prompt_filter_results chunk has
-        # neither choices nor usage; vLLM can repeat usage on every chunk.
+        # neither choices nor usage; vLLM can repeat usage on every chunk; older
+        # Groq puts it in x_groq on the last chunk.
         usage = obj.get("usage")
+        if not isinstance(usage, dict):
+            groq = obj.get("x_groq")
+            usage = groq.get("usage") if isinstance(groq, dict) else None
         if isinstance(usage, dict):
-            yield Usage(
-                prompt_tokens=_int(usage.get("prompt_tokens")),
-                completion_tokens=_int(usage.get("completion_tokens")),
-                total_tokens=_int(usage.get("total_tokens")),
-            )
+            yield _usage(usage)
 
     def _choice_events(self, choice: dict) -> Iterator[Event]:
         # "delta" in a stream chunk, "message" in a whole completion.
@@ -91,9 +106,14 @@ class StreamParser:
             delta = choice.get("message")
         if not isinstance(delta, dict):
             delta = {}
+        reasoning = _reasoning(delta)
+        if reasoning:
+            yield ReasoningDelta(reasoning)
         content = delta.get("content")
         if isinstance(content, str) and content:
-            yield TextDelta(content)
+            yield from self._tags.feed(content)
+        elif isinstance(content, list):  # Mistral's content parts
+            yield from _content_parts(content)
         refusal = delta.get("refusal")
         if isinstance(refusal, str) and refusal:
             yield RefusalDelta(refusal)
@@ -108,7 +128,76 @@ class StreamParser:
         reason = choice.get("finish_reason")
         if reason:
             self.finished = True
+            # The content is complete: nothing held back can become a tag any more.
+            yield from self._tags.flush()
             yield Finish(str(reason))
+
+
+def _reasoning(delta: dict) -> str:
+    """The reasoning text of one delta (or message), however the server names it."""
+    details = delta.get("reasoning_details")  # OpenRouter
+    if isinstance(details, list):
+        texts = [_detail_text(detail) for detail in details]
+        if any(texts):
+            # OpenRouter repeats the same text in delta.reasoning: read it once.
+            return "".join(texts)
+    # reasoning_content: DeepSeek, SGLang, llama.cpp, older vLLM; reasoning: vLLM,
+    # Ollama, OpenRouter, Groq; reasoning_text: what chat-ui also reads. Servers in
+    # transition send two of them with the same text.
+    texts = []
+    for key in ("reasoning_content", "reasoning", "reasoning_text"):
+        text = delta.get(key)
+        if isinstance(text, str) and text and text not in texts:
+            texts.append(text)
+    return "".join(texts)
+
+
+# Where each kind of reasoning_details entry keeps its text. reasoning.encrypted
+# entries are opaque (a provider's, for sending back) and never shown.
+_DETAIL_TEXT = {"reasoning.text": "text", "reasoning.summary": "summary"}
+
+
+def _detail_text(detail) -> str:
+    field = _DETAIL_TEXT.get(detail.get("type")) if isinstance(detail, dict) else None
+    text = detail.get(field) if field else None
+    return text if isinstance(text, str) else ""
+
+
+def _content_parts(parts: list) -> Iterator[Event]:
+    """Mistral's ``[{"type": "thinking", "thinking": [...]}, {"type": "text", ...}]``."""
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if isinstance(text, str) and text:
+                yield TextDelta(text)
+        elif kind == "thinking":
+            thinking = part.get("thinking")
+            if isinstance(thinking, list):
+                thinking = "".join(
+                    item["text"]
+                    for item in thinking
+                    if isinstance(item, dict) and isinstance(item.get("text"), str)
+                )
+            if isinstance(thinking, str) and thinking:
+                yield ReasoningDelta(thinking)
+        elif kind == "refusal":
+            refusal = part.get("refusal")
+            if isinstance(refusal, str) and refusal:
+                yield RefusalDelta(refusal)
+
+
+def _usage(usage: dict) -> Usage:
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=_int(usage.get("prompt_tokens")),
+        completion_tokens=_int(usage.get("completion_tokens")),
+        total_tokens=_int(usage.get("total_tokens")),
+        reasoning_tokens=_int(reasoning),
+    )
 
 
 def _tool_call_delta(index: int, call_id, function) -> ToolCallDelta:
