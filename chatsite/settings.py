@@ -242,6 +242,8 @@ CHAT_RETRY_MAX_WAIT = env_float("CHAT_RETRY_MAX_WAIT", 30.0)
 CHAT_CHECKPOINT_INTERVAL = env_float("CHAT_CHECKPOINT_INTERVAL", 2.0)
 # A streaming row not checkpointed for this long has lost its process: it is interrupted.
 CHAT_ORPHAN_AFTER = env_float("CHAT_ORPHAN_AFTER", 10.0)
+# Reasoning is never sent back upstream, unless the server wants it (as reasoning_content).
+CHAT_SEND_REASONING = env_bool("CHAT_SEND_REASONING", False)
 # Per user: messages per minute, and replies being written at once.
 CHAT_MESSAGES_PER_MINUTE = int(env("CHAT_MESSAGES_PER_MINUTE", "20"))
 CHAT_CONCURRENT_REPLIES = int(env("CHAT_CONCURRENT_REPLIES", "3"))

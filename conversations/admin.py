@@ -31,9 +31,18 @@ def message_body_html(message) -> str:
     Replies go through the site's Markdown renderer and sanitizer; other messages are
     escaped, their line breaks kept as ``<br>`` (the admin has no pre-wrap CSS).
     """
-    if message.role == Message.Role.ASSISTANT:
-        return mark_safe(render_markdown(message.content))  # sanitized by the renderer
-    return linebreaksbr(message.content, autoescape=True)
+    if message.role != Message.Role.ASSISTANT:
+        return linebreaksbr(message.content, autoescape=True)
+    answer = mark_safe(render_markdown(message.content))  # sanitized by the renderer
+    if not message.reasoning:
+        return answer
+    seconds = message.reasoning_seconds
+    return format_html(
+        '<details class="reasoning" data-part="reasoning"><summary>{}</summary>{}</details>{}',
+        f"Reasoning ({seconds:.0f} s)" if seconds is not None else "Reasoning",
+        mark_safe(render_markdown(message.reasoning)),  # sanitized by the renderer
+        answer,
+    )
 
 
 class ReviewOnlyAdmin(admin.ModelAdmin):
@@ -261,6 +270,8 @@ class MessageAdmin(ReviewOnlyAdmin):
         "prompt_tokens",
         "completion_tokens",
         "total_tokens",
+        "reasoning_tokens",
+        "reasoning_seconds",
         "error",
         "created_at",
         "finished_at",

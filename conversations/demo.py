@@ -244,6 +244,11 @@ def greet(name):
 | `replies.py` | coalesces, publishes, stores |
 """
 
+DEMO_REASONING = """\
+The message reads: "{echo}". I am the offline demo model, not a language model, so \
+I should say so first, quote the message back, and show what a streamed reply looks like.\
+"""
+
 WORDS = re.compile(r"\s*\S+|\s+")
 
 
@@ -255,6 +260,11 @@ def demo_reply_text(user_text: str, min_tokens: int = 0) -> str:
         while len(WORDS.findall(text)) < min_tokens:
             text += filler
     return text
+
+
+def demo_reasoning_text(user_text: str) -> str:
+    """What the demo "thinks" before its reply (streamed as ``delta.reasoning``)."""
+    return DEMO_REASONING.format(echo=" ".join(user_text.split())[:60] or "(empty)")
 
 
 def split_tokens(text: str) -> list[str]:
@@ -294,6 +304,7 @@ class DemoModel:
 
     tokens_per_second: float = 60.0
     min_tokens: int = 0
+    reasoning: bool = True  # think briefly (``delta.reasoning``) before answering
 
     async def __call__(self, exchange: Exchange) -> None:
         if exchange.method == "GET" and exchange.path.endswith("/models"):
@@ -324,18 +335,19 @@ class DemoModel:
             finish = "tool_calls"
             await self._stream_tool_call(exchange, cid, model, request["tools"][0], user_text)
         else:
-            tokens = 0
             finish = "stop"
+            thinking = split_tokens(demo_reasoning_text(user_text)) if self.reasoning else []
+            answer = split_tokens(demo_reply_text(user_text, self.min_tokens))
+            pieces = [("reasoning", t) for t in thinking] + [("content", t) for t in answer]
             delay = 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0
             started = time.monotonic()
-            for tokens, token in enumerate(
-                split_tokens(demo_reply_text(user_text, self.min_tokens)), 1
-            ):
+            for tokens, (field_name, token) in enumerate(pieces, 1):
                 # Pace against the clock so the rate holds whatever each write costs.
                 wait = started + tokens * delay - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                await exchange.send_event(chunk(cid, model, {"content": token}))
+                await exchange.send_event(chunk(cid, model, {field_name: token}))
+            tokens = len(pieces)
         await exchange.send_event(chunk(cid, model, {}, finish))
         if (request.get("stream_options") or {}).get("include_usage"):
             usage = {
@@ -343,6 +355,8 @@ class DemoModel:
                 "completion_tokens": tokens,
                 "total_tokens": prompt_tokens + tokens,
             }
+            if finish == "stop" and self.reasoning:
+                usage["completion_tokens_details"] = {"reasoning_tokens": len(thinking)}
             await exchange.send_event(chunk(cid, model, usage=usage))
         await exchange.send_event("[DONE]")
 

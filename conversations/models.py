@@ -419,12 +419,16 @@ class Message(models.Model):
     )
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
+    # A reasoning model's thinking: shown above the answer, never sent back upstream.
+    reasoning = models.TextField(blank=True)
+    reasoning_seconds = models.FloatField(null=True, blank=True)
     tool_calls = models.JSONField(null=True, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
     model = models.CharField(max_length=200, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -467,11 +471,18 @@ class Message(models.Model):
     def is_streaming(self) -> bool:
         return self.status == self.Status.STREAMING
 
+    @property
+    def is_thinking(self) -> bool:
+        """Reasoning, and no answer yet: the reasoning block is open while this lasts."""
+        return self.is_streaming and bool(self.reasoning) and not self.content
+
     def finish(
         self,
         *,
         status,
         content,
+        reasoning="",
+        reasoning_seconds=None,
         tool_calls=None,
         finish_reason="",
         usage=None,
@@ -480,16 +491,22 @@ class Message(models.Model):
         """Store how the reply ended: one UPDATE, guarded so a finished reply stays finished."""
         self.status = status
         self.content = content
+        self.reasoning = reasoning
+        self.reasoning_seconds = reasoning_seconds
         self.tool_calls = tool_calls or None
         self.finish_reason = finish_reason or ""
         self.prompt_tokens = usage.prompt_tokens if usage else None
         self.completion_tokens = usage.completion_tokens if usage else None
         self.total_tokens = usage.total_tokens if usage else None
+        self.reasoning_tokens = usage.reasoning_tokens if usage else None
         self.error = error
         self.finished_at = timezone.now()
         fields = [
             "status",
             "content",
+            "reasoning",
+            "reasoning_seconds",
+            "reasoning_tokens",
             "tool_calls",
             "finish_reason",
             "prompt_tokens",
@@ -512,13 +529,13 @@ class Message(models.Model):
 
     @classmethod
     def checkpoint_many(cls, saves) -> None:
-        """``checkpoint`` for many streaming replies at once: one UPDATE for all of them."""
+        """Save (message, content, reasoning) of many streaming replies: one UPDATE for all."""
         now = timezone.now()
         messages = []
-        for message, content in saves:
-            message.content, message.checkpoint_at = content, now
+        for message, content, reasoning in saves:
+            message.content, message.reasoning, message.checkpoint_at = content, reasoning, now
             messages.append(message)
-        cls.objects.streaming().bulk_update(messages, ["content", "checkpoint_at"])
+        cls.objects.streaming().bulk_update(messages, ["content", "reasoning", "checkpoint_at"])
 
     def reopen(self) -> bool:
         """Put an ended reply back to streaming, to continue it. False if it changed meanwhile.
@@ -543,7 +560,12 @@ class Message(models.Model):
         return early or self.finish_reason == "length"
 
     def to_openai(self) -> dict:
-        return {"role": self.role, "content": self.content}
+        """The message in a request. Reasoning stays out (models imitate it), unless the
+        server wants it back (CHAT_SEND_REASONING)."""
+        message = {"role": self.role, "content": self.content}
+        if self.reasoning and settings.CHAT_SEND_REASONING:
+            message["reasoning_content"] = self.reasoning
+        return message
 
 
 class AdminAccessRecordQuerySet(models.QuerySet):

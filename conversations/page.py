@@ -42,6 +42,25 @@ class MessageIds:
     def footer(self) -> str:
         return f"message-{self.pk}-footer"
 
+    # A reply's reasoning, above its message element: finished blocks, tail, and the
+    # summary line ("Thinking…", "Thought for 4 s").
+
+    @property
+    def reasoning(self) -> str:
+        return f"message-{self.pk}-reasoning"
+
+    @property
+    def reasoning_summary(self) -> str:
+        return f"message-{self.pk}-reasoning-summary"
+
+    @property
+    def reasoning_text(self) -> str:
+        return f"message-{self.pk}-reasoning-text"
+
+    @property
+    def reasoning_tail(self) -> str:
+        return f"message-{self.pk}-reasoning-tail"
+
 
 def max_frame_chars() -> int:
     """The longest websocket frame read: room for the JSON around the longest message."""

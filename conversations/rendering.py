@@ -529,14 +529,19 @@ def footer_html(message, notice: str = "") -> str:
     return _partial("footer", {"message": message, "notice": notice})
 
 
-def delta_html(message_id: int, appended: str, tail: str) -> str:
-    """Extends a streaming message in place: finished blocks appended, the tail replaced.
+def delta_html(message_id: int, appended: str, tail: str, *, reasoning: bool = False) -> str:
+    """Extends a streaming message (or its reasoning) in place: finished blocks appended,
+    the tail replaced.
 
     The tail element is always sent, even empty: a tail whose block has just
     moved into the appended text must be emptied.
     """
+    ids = MessageIds(message_id)
+    if reasoning:
+        values = (ids.reasoning_text, appended, tail, ids.reasoning_tail, "reasoning-tail markdown")
+    else:
+        values = (ids.text, appended, tail, ids.tail, "message-tail markdown")
     pieces = _delta_pieces(bool(appended))
-    values = (str(message_id), appended, tail)
     return "".join(values[int(p)] if i % 2 else p for i, p in enumerate(pieces))
 
 
@@ -548,8 +553,22 @@ def _delta_pieces(appending: bool) -> list[str]:
     microsecond, the template engine about twenty.
     """
     mark = "\0{}\0".format  # NUL never occurs in the partial's own markup
-    marked = {"ids": MessageIds(mark(0)), "appended": mark(1) if appending else "", "tail": mark(2)}
+    names = ("text_id", "appended", "tail", "tail_id", "tail_class")
+    marked = {name: mark(i) for i, name in enumerate(names)}
+    if not appending:
+        marked["appended"] = ""
     return _partial("delta", marked).split("\0")
+
+
+def reasoning_html(message, rendered: str = "", tail: str = "") -> str:
+    """The whole reasoning block of a reply (it replaces the empty one at the first token)."""
+    context = {"message": message, "reasoning_rendered": rendered, "reasoning_tail": tail}
+    return _partial("reasoning", context)
+
+
+def thought_html(message) -> str:
+    """The reasoning block's summary line: "Thinking…", then "Thought for N s"."""
+    return _partial("thought", {"message": message})
 
 
 def started_html(started) -> str:

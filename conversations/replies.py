@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
@@ -32,7 +33,15 @@ from .events import (
     sockets_group,
 )
 from .models import Message, StartedReply
-from .rendering import StreamingRenderer, delta_html, footer_html, message_html, started_html
+from .rendering import (
+    StreamingRenderer,
+    delta_html,
+    footer_html,
+    message_html,
+    reasoning_html,
+    started_html,
+    thought_html,
+)
 from .runtime import SHUTDOWN_ERROR, runtime
 
 log = logging.getLogger(__name__)
@@ -54,23 +63,43 @@ class Ending:
 
 
 class Reply:
-    """Everything a reply has received: its text as shown, tool calls, finish_reason, usage.
+    """Everything a reply has received: its answer and reasoning, tool calls, finish, usage.
 
-    A continued reply starts from its stored text and usage.
+    A continued reply starts from its stored text, reasoning and usage.
     """
 
     def __init__(self, message: Message):
         self.text = message.content  # content and refusal, in the order they arrived
+        self.reasoning = message.reasoning
+        self.reasoning_seconds = message.reasoning_seconds  # from the first reasoning to the answer
         self.finish_reason = ""
         self.usage: upstream.Usage | None = None  # of this request
         self.earlier_usage = _usage_of(message)  # of the requests before a continue
         self._calls: dict[int, dict] = {}
+        self._text_from = len(self.text)  # where this request's text starts
+        self._thinking_since: float | None = None
+        self._text_since: float | None = None
 
     def feed(self, event: upstream.Event) -> bool:
-        """Take one upstream event; True when the text grew."""
+        """Take one upstream event; True when the text or the reasoning changed."""
         match event:
+            case upstream.ReasoningDelta(text):
+                if self._thinking_since is None:
+                    self._thinking_since = time.monotonic()
+                self.reasoning += text
+                return bool(text)
             case upstream.TextDelta(text) | upstream.RefusalDelta(text):
+                self.end_thinking()
+                if self._text_since is None:
+                    self._text_since = time.monotonic()
                 self.text += text
+                return True
+            case upstream.TextWasReasoning():
+                # A closing think tag without an opening one: what came so far was thinking.
+                self._thinking_since = self._text_since
+                self.reasoning += self.text[self._text_from :]
+                self.text = self.text[: self._text_from]
+                self.end_thinking()
                 return True
             case upstream.ToolCallDelta(index, call_id, name, arguments):
                 call = self._calls.setdefault(
@@ -85,6 +114,13 @@ class Reply:
             case upstream.Usage():
                 self.usage = event
         return False
+
+    def end_thinking(self) -> None:
+        """The answer begins (or the reply ends): the reasoning's time is counted."""
+        if self._thinking_since is not None:
+            spent = time.monotonic() - self._thinking_since
+            self.reasoning_seconds = (self.reasoning_seconds or 0.0) + spent
+            self._thinking_since = None
 
     @property
     def tool_calls(self) -> list[dict]:
@@ -184,16 +220,19 @@ class ReplyStream:
     async def _stream_with_retries(self) -> None:
         """Stream the reply; a retryable failure before any event is retried with backoff."""
         attempt, waited = 1, 0.0
+        base_url = runtime.base_url()
         while True:
             received = False
+            include_usage = base_url not in runtime.without_stream_options
             try:
                 events = upstream.stream_chat(
-                    runtime.base_url(),
+                    base_url,
                     client=runtime.http(),
                     model=self.message.model,
                     messages=self.prompt,
                     api_key=settings.OPENAI_API_KEY,
                     idle_timeout=settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
+                    include_usage=include_usage,
                 )
                 async with contextlib.aclosing(events):
                     async for event in events:
@@ -202,6 +241,11 @@ class ReplyStream:
                             self.publisher.wake()
                 return
             except upstream.UpstreamError as error:
+                if include_usage and not received and error.names("stream_options"):
+                    # Some servers refuse it (HTTP 400): ask again without, and remember.
+                    log.warning("%s refuses stream_options; usage will be unknown", base_url)
+                    runtime.without_stream_options.add(base_url)
+                    continue
                 # Once anything arrived, a retry would duplicate text (and billing).
                 delay = None if received else retry_delay(error, attempt, waited)
                 if delay is None:
@@ -221,9 +265,12 @@ class ReplyStream:
                 await self.publisher.close()
             except Exception:  # the final element below still reaches every socket
                 log.exception("publishing reply %s failed", self.message.pk)
+            self.reply.end_thinking()
             await database_sync_to_async(self.message.finish)(
                 status=ending.status,
                 content=self.reply.text,
+                reasoning=self.reply.reasoning,
+                reasoning_seconds=self.reply.reasoning_seconds,
                 tool_calls=self.reply.tool_calls,
                 finish_reason=self.reply.finish_reason,
                 usage=self.reply.total_usage,
@@ -242,8 +289,10 @@ class Publisher:
     """A reply's frames to its conversation's sockets, each rendered once with its offset.
 
     The first text goes at once; after that at most one frame per
-    :func:`flush_interval`. A socket that asks (``sync``) gets a snapshot of the
-    whole message at a frame boundary, so it continues without gap or duplicate.
+    :func:`flush_interval`. Offsets count the reasoning's and the answer's
+    characters together, in the order they were published. A socket that asks
+    (``sync``) gets a snapshot of the whole turn at a frame boundary, so it
+    continues without gap or duplicate.
     """
 
     def __init__(self, message: Message, reply: Reply, layer):
@@ -251,22 +300,33 @@ class Publisher:
         self.reply = reply
         self.layer = layer
         self.group = sockets_group(message.conversation_id)
-        self.renderer = StreamingRenderer()  # holds the HTML of reply.text[:sent]
-        if reply.text:
-            self.renderer.feed(reply.text)
-        self.sent = len(reply.text)  # offset up to which frames have been published
         self.notice = ""  # shown under the reply while it streams, e.g. "Retrying..."
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._sync_requests: list[str] = []
         self._last_flush = float("-inf")
         self._task: asyncio.Task | None = None
+        self._render_from_start()
+
+    def _render_from_start(self) -> None:
+        # Each renderer holds the HTML of what has been published of its text.
+        self.answer, self.thinking = StreamingRenderer(), StreamingRenderer()
+        if self.reply.text:
+            self.answer.feed(self.reply.text)
+        if self.reply.reasoning:
+            self.thinking.feed(self.reply.reasoning)
+        self.sent_text, self.sent_reasoning = len(self.reply.text), len(self.reply.reasoning)
+
+    @property
+    def sent(self) -> int:
+        """The offset up to which frames have been published."""
+        return self.sent_reasoning + self.sent_text
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"publish-{self.message.pk}")
 
     def wake(self) -> None:
-        """New text arrived."""
+        """New text or reasoning arrived."""
         self._wake.set()
 
     def sync(self, reply_to: str) -> None:
@@ -302,22 +362,59 @@ class Publisher:
                 return
 
     async def _flush(self) -> None:
-        """Publish the text not yet sent, then answer waiting sync requests at that boundary."""
-        start, end = self.sent, len(self.reply.text)
-        if end > start:
-            appended, tail = self.renderer.feed(self.reply.text[start:end])
-            self.sent = end
-            delta = ReplyDelta(
-                self.message.pk, start, end, delta_html(self.message.pk, appended, tail)
-            )
+        """Publish what is not sent yet, then answer waiting sync requests at that boundary."""
+        reply, start = self.reply, self.sent
+        if len(reply.text) < self.sent_text:  # the text so far turned out to be reasoning
+            self._render_from_start()
+            event = ReplyStarted(self.message.pk, self.sent, self._turn_html())
+            await self.layer.group_send(self.group, event.as_message())
+            start = self.sent
+        new_reasoning = reply.reasoning[self.sent_reasoning :]
+        new_text = reply.text[self.sent_text :]
+        reasoning_appears = new_reasoning and not self.sent_reasoning
+        answer_begins = new_text and not self.sent_text and reply.reasoning
+        self.sent_reasoning += len(new_reasoning)
+        self.sent_text += len(new_text)
+        self._show_on_message()
+        html = ""
+        if new_reasoning:
+            appended, tail = self.thinking.feed(new_reasoning)
+            if reasoning_appears:  # the whole block, in place of the empty one
+                html += reasoning_html(self.message, appended, tail)
+            else:
+                html += delta_html(self.message.pk, appended, tail, reasoning=True)
+        if answer_begins and not reasoning_appears:  # "Thinking…" becomes "Thought for N s"
+            html += thought_html(self.message)
+        if new_text:
+            appended, tail = self.answer.feed(new_text)
+            html += delta_html(self.message.pk, appended, tail)
+        if html:
+            delta = ReplyDelta(self.message.pk, start, self.sent, html)
             await self.layer.group_send(self.group, delta.as_message())
         while self._sync_requests:
             await self.layer.send(self._sync_requests.pop(0), self.snapshot().as_message())
 
+    def _show_on_message(self) -> None:
+        # The templates read the reply's state from its row: keep the in-memory one current.
+        self.message.content = self.reply.text[: self.sent_text]
+        self.message.reasoning = self.reply.reasoning[: self.sent_reasoning]
+        self.message.reasoning_seconds = self.reply.reasoning_seconds
+
+    def _turn_html(self) -> str:
+        self._show_on_message()
+        rendered, tail = self.answer.snapshot()
+        reasoning_rendered, reasoning_tail = self.thinking.snapshot()
+        return message_html(
+            self.message,
+            rendered=rendered,
+            tail=tail,
+            reasoning_rendered=reasoning_rendered,
+            reasoning_tail=reasoning_tail,
+            notice=self.notice,
+        )
+
     def snapshot(self) -> ReplySnapshot:
-        rendered, tail = self.renderer.snapshot()
-        html = message_html(self.message, rendered=rendered, tail=tail, notice=self.notice)
-        return ReplySnapshot(self.message.pk, self.sent, html)
+        return ReplySnapshot(self.message.pk, self.sent, self._turn_html())
 
 
 # --- pure functions ------------------------------------------------------------------------
@@ -358,10 +455,16 @@ def add_usage(first: upstream.Usage | None, second: upstream.Usage | None):
         add(first.prompt_tokens, second.prompt_tokens),
         add(first.completion_tokens, second.completion_tokens),
         add(first.total_tokens, second.total_tokens),
+        add(first.reasoning_tokens, second.reasoning_tokens),
     )
 
 
 def _usage_of(message: Message) -> upstream.Usage | None:
     if message.total_tokens is None and message.completion_tokens is None:
         return None
-    return upstream.Usage(message.prompt_tokens, message.completion_tokens, message.total_tokens)
+    return upstream.Usage(
+        message.prompt_tokens,
+        message.completion_tokens,
+        message.total_tokens,
+        message.reasoning_tokens,
+    )

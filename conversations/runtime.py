@@ -35,6 +35,7 @@ class Runtime:
         # An AsyncClient's pool belongs to the event loop it first ran on.
         self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
         self._first_models: dict[str, str] = {}
+        self.without_stream_options: set[str] = set()  # base URLs that refuse it
         self._demo: demo.ServerThread | None = None
 
     # --- start and shutdown -------------------------------------------------------------
@@ -142,7 +143,8 @@ class Runtime:
         """
         while self.replies:
             await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL)
-            saves = [(reply.message, reply.reply.text) for reply in list(self.replies.values())]
+            running = list(self.replies.values())
+            saves = [(r.message, r.reply.text, r.reply.reasoning) for r in running]
             if not saves:
                 continue
             try:

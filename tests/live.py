@@ -14,6 +14,7 @@ from conversations.rendering import render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG_REPLY_TOKENS = 600
+REASONING_THOUGHTS, REASONING_WORDS = 90, 60  # the reasoning-slow scenario
 
 
 def free_port() -> int:

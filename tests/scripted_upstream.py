@@ -182,3 +182,77 @@ def by_message(scenarios: dict, default):
         await scenarios.get(first_word, default)(exchange)
 
     return handler
+
+
+def reasoning_stream(
+    reasoning: list[str],
+    answer: list[str],
+    *,
+    field: str = "reasoning_content",
+    delay: float = 0.0,
+    hold: asyncio.Event | None = None,
+    reasoning_tokens: int | None = None,
+):
+    """Streams ``reasoning`` pieces in ``delta.<field>`` (content null), then ``answer``.
+
+    ``hold``: wait for this event after the first reasoning piece (to act mid-thought).
+    """
+
+    async def handler(exchange: Exchange) -> None:
+        request = exchange.json
+        await exchange.start()
+        for index, piece in enumerate(reasoning):
+            await exchange.send_event(chunk("c1", "m", {"content": None, field: piece}))
+            if index == 0 and hold is not None:
+                await hold.wait()
+            if delay:
+                await asyncio.sleep(delay)
+        for piece in answer:
+            await exchange.send_event(chunk("c1", "m", {"content": piece}))
+            if delay:
+                await asyncio.sleep(delay)
+        await exchange.send_event(chunk("c1", "m", {}, "stop"))
+        if (request.get("stream_options") or {}).get("include_usage"):
+            count = len(reasoning) + len(answer)
+            usage = {"prompt_tokens": 5, "completion_tokens": count, "total_tokens": 5 + count}
+            if reasoning_tokens is not None:
+                usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+            await exchange.send_event(chunk("c1", "m", usage=usage))
+        await exchange.send_event("[DONE]")
+
+    return handler
+
+
+def refuses_stream_options(then):
+    """Answers HTTP 400 (as some Azure deployments do) to a request with stream_options."""
+
+    async def handler(exchange: Exchange) -> None:
+        if "stream_options" in exchange.json:
+            message = "Unrecognized request argument supplied: stream_options"
+            error = {"message": message, "type": "invalid_request_error", "param": None}
+            await exchange.respond_json(400, {"error": error})
+            return
+        await then(exchange)
+
+    return handler
+
+
+def paced_reasoning(thoughts: int, words: int, tokens_per_second: float):
+    """Numbered thoughts ``t0001 …`` in ``delta.reasoning`` (vLLM's field), then numbered
+    answer words ``w0001 …``, at a steady pace."""
+
+    async def handler(exchange: Exchange) -> None:
+        loop = asyncio.get_running_loop()
+        await exchange.start()
+        pieces = [("reasoning", f"t{i:04d} ") for i in range(1, thoughts + 1)]
+        pieces += [("content", word) for word in numbered_words(words)]
+        started = loop.time()
+        for index, (field, piece) in enumerate(pieces):
+            wait = started + index / tokens_per_second - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await exchange.send_event(chunk("c1", "m", {field: piece}))
+        await exchange.send_event(chunk("c1", "m", {}, "stop"))
+        await exchange.send_event("[DONE]")
+
+    return handler

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 from html.parser import HTMLParser
 
 from channels.db import database_sync_to_async
@@ -35,8 +36,12 @@ def ends_reply(frame: str) -> bool:
 VOID = {"br", "hr", "img", "input", "meta", "link", "wbr"}
 
 
+PART = re.compile(r"message-\d+-(text|tail|reasoning-text|reasoning-tail)")
+
+
 class _Frame(HTMLParser):
-    """Text per top-level element of a frame, and per ``-text``/``-tail`` part of a message."""
+    """Text per top-level element of a frame, and per part of a message: its ``text`` and
+    ``tail``, and its reasoning's (``reasoning-text``, ``reasoning-tail``)."""
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -60,28 +65,33 @@ class _Frame(HTMLParser):
             return
         self.elements[-1][1].append(data)
         for element_id in self.stack:
-            if element_id.endswith(("-text", "-tail")):
-                self.parts.setdefault(element_id[-4:], []).append(data)
+            part = PART.fullmatch(element_id)
+            if part:
+                self.parts.setdefault(part.group(1), []).append(data)
 
 
-def text_of(frames: list[str]) -> str:
-    """The reply's text as a page shows it after these frames, white space folded.
+def text_of(frames: list[str], reasoning: bool = False) -> str:
+    """The reply's text (or its reasoning) as a page shows it after these frames, white
+    space folded.
 
-    A whole message element (new, snapshot, resumed) sets the text; a delta
-    appends finished blocks and replaces the open tail.
+    A whole element (new, snapshot, resumed) sets the text; a delta appends
+    finished blocks and replaces the open tail.
     """
+    prefix = "reasoning-" if reasoning else ""
     appended, tail = "", ""
     for frame in frames:
         parser = _Frame()
         parser.feed(frame)
         for attrs, text in parser.elements:
-            swap = attrs.get("hx-swap-oob", "")
-            if attrs.get("id", "").startswith("turn-") and 'data-role="assistant"' in frame:
-                appended = "".join(parser.parts.get("text", []))
-                tail = "".join(parser.parts.get("tail", []))
-            elif swap.startswith("beforeend:#message-") and swap.endswith("-text"):
+            element_id, swap = attrs.get("id", ""), attrs.get("hx-swap-oob", "")
+            target = PART.fullmatch(swap.removeprefix("beforeend:#"))
+            whole_turn = element_id.startswith("turn-") and 'data-role="assistant"' in frame
+            if whole_turn or (reasoning and element_id.endswith("-reasoning")):
+                appended = "".join(parser.parts.get(prefix + "text", []))
+                tail = "".join(parser.parts.get(prefix + "tail", []))
+            elif swap.startswith("beforeend:") and target and target.group(1) == prefix + "text":
                 appended += "".join(text)
-            elif attrs.get("id", "").endswith("-tail") and swap == "true":
+            elif (part := PART.fullmatch(element_id)) and part.group(1) == prefix + "tail":
                 tail = "".join(text)
     return words(appended + tail)
 

@@ -202,8 +202,12 @@ def test_markdown_template_filter():
 )
 def test_delta_is_the_partial_filled_in(appended, tail):
     ids = MessageIds(41)
-    direct = rendering._partial("delta", {"ids": ids, "appended": appended, "tail": tail})
+    context = {"appended": appended, "tail": tail, "text_id": ids.text, "tail_id": ids.tail}
+    direct = rendering._partial("delta", context | {"tail_class": "message-tail markdown"})
     assert delta_html(41, appended, tail) == direct
+    context |= {"text_id": ids.reasoning_text, "tail_id": ids.reasoning_tail}
+    direct = rendering._partial("delta", context | {"tail_class": "reasoning-tail markdown"})
+    assert delta_html(41, appended, tail, reasoning=True) == direct
 
 
 def test_delta_always_sends_the_tail_so_an_emptied_tail_is_cleared():

@@ -9,8 +9,10 @@ from conversations.upstream import (
     ConnectError,
     Finish,
     HTTPStatusError,
+    ReasoningDelta,
     RefusalDelta,
     TextDelta,
+    TextWasReasoning,
     ToolCallDelta,
     UpstreamError,
     Usage,
@@ -113,3 +115,28 @@ def test_events_travel_as_channel_layer_messages():
     assert events.parse(events.StopReply().as_message(), events.TO_REPLIES) == events.StopReply()
     assert events.parse(message, events.TO_REPLIES) is None
     assert events.parse({"type": "websocket.receive", "text": "{}"}, events.TO_SOCKETS) is None
+
+
+def test_a_reply_keeps_reasoning_apart_and_times_it():
+    reply = Reply(Message(content=""))
+    assert reply.feed(ReasoningDelta("Hmm, "))
+    assert reply.feed(ReasoningDelta("yes."))
+    assert reply.reasoning_seconds is None  # still thinking
+    assert reply.feed(TextDelta("Answer"))
+    assert (reply.reasoning, reply.text) == ("Hmm, yes.", "Answer")
+    assert reply.reasoning_seconds is not None and reply.reasoning_seconds >= 0
+    assert not reply.feed(ReasoningDelta(""))
+
+
+def test_text_that_was_reasoning_moves_over_but_not_a_continued_replys_start():
+    reply = Reply(Message(content="Stored start. ", reasoning="Earlier thought."))
+    reply.feed(TextDelta("Pondering"))
+    assert reply.feed(TextWasReasoning())
+    reply.feed(TextDelta("Answer"))
+    assert reply.text == "Stored start. Answer"
+    assert reply.reasoning == "Earlier thought.Pondering"
+    assert reply.reasoning_seconds is not None
+
+
+def test_usage_adds_reasoning_tokens_too():
+    assert add_usage(Usage(1, 2, 3, 1), Usage(1, 2, 3, 2)) == Usage(2, 4, 6, 3)

@@ -22,3 +22,12 @@ def assistant_text(context, message) -> str:
     if rendered is not None:
         return mark_safe(rendered)  # sanitized by the streaming renderer
     return markdown(message.content)
+
+
+@register.simple_tag(takes_context=True)
+def reasoning_text(context, message) -> str:
+    """``{% reasoning_text message %}``: like ``assistant_text``, for the reasoning above it."""
+    rendered = context.get("reasoning_rendered")
+    if rendered is not None:
+        return mark_safe(rendered)  # sanitized by the streaming renderer
+    return markdown(message.reasoning)

@@ -71,7 +71,21 @@
   var scrollPending = false;
   window.addEventListener("scroll", function () { stickToBottom = nearBottom(); }, { passive: true });
 
+  // A reply's reasoning is open while the model thinks and closes once, when the answer
+  // begins (its summary then says "Thought for N s"); the reader can open it again.
+  function closeFinishedThinking() {
+    document.querySelectorAll("details[data-part=reasoning][data-auto-close]")
+      .forEach(function (details) {
+        var summary = details.querySelector("summary");
+        if (summary && summary.getAttribute("data-thought") === "done") {
+          details.open = false;
+          details.removeAttribute("data-auto-close");
+        }
+      });
+  }
+
   document.addEventListener("htmx:wsAfterMessage", function () {
+    closeFinishedThinking();
     var refused = document.querySelector("#notices [data-refused='send']");
     if (refused) {
       refused.removeAttribute("data-refused");

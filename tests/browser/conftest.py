@@ -5,8 +5,15 @@ from pathlib import Path
 
 import pytest
 from hostile import STREAMABLE
-from live import LONG_REPLY_TOKENS, LiveSite
-from scripted_upstream import by_message, cut_stream, paced_words, status_error, text_in_pieces
+from live import LONG_REPLY_TOKENS, REASONING_THOUGHTS, REASONING_WORDS, LiveSite
+from scripted_upstream import (
+    by_message,
+    cut_stream,
+    paced_reasoning,
+    paced_words,
+    status_error,
+    text_in_pieces,
+)
 
 from conversations.demo import DemoModel, ServerThread
 
@@ -22,6 +29,8 @@ def live_upstream():
         # About 12 seconds of numbered words, to act on a reply in progress.
         "long-reply": paced_words(LONG_REPLY_TOKENS, tokens_per_second=50),
         "hostile": text_in_pieces("\n\n".join(STREAMABLE)),
+        # About 3 seconds of thoughts, then 2 of answer.
+        "reasoning-slow": paced_reasoning(REASONING_THOUGHTS, REASONING_WORDS, 30),
     }
     thread = ServerThread(by_message(scenarios, DemoModel(tokens_per_second=40))).start()
     yield thread
