@@ -8,6 +8,7 @@ the same clock in every process): ``GET /bench/times``; ``POST /bench/reset`` fo
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 import time
@@ -70,7 +71,13 @@ class BenchModel:
         self.times[name] = {"arrived": arrived, "sent": sent}
         model, cid = request.get("model") or "bench", f"chatcmpl-bench-{uuid.uuid4().hex[:12]}"
         # Encoded before the clock starts, so pacing measures the network, not json.dumps.
-        events = [sse(chunk(cid, model, {"content": text})) for text in self.texts()]
+        # BENCH_REASONING_TOKENS: the first ones come as a reasoning model's delta.reasoning.
+        thinking = int(os.environ.get("BENCH_REASONING_TOKENS") or 0)
+        texts = enumerate(self.texts())
+        events = [
+            sse(chunk(cid, model, {"reasoning" if i < thinking else "content": t}))
+            for i, t in texts
+        ]
         await exchange.start()
         await exchange.write(sse(chunk(cid, model, {"role": "assistant", "content": ""})))
         delay = 1 / self.tokens_per_second if self.tokens_per_second > 0 else 0

@@ -53,8 +53,8 @@ OBSERVER_SCRIPT = """
 () => {
   const clock = () => performance.timeOrigin + performance.now();
   const TOKEN = /w(\\d{6})/g;
-  const ASSISTANT = "[data-role=assistant]";
-  // seen, painted: token -> first in the assistant's message, next animation frame after;
+  const ASSISTANT = ".turn-assistant";  // the message and, for a reasoning model, its thinking
+  // seen, painted: token -> first in the assistant's turn, next animation frame after;
   // frameOf: token -> index of the last frame arrived by then;
   // frames: [arrived, swapped, observed, characters] per websocket frame.
   const state = {seen: {}, frameOf: {}, painted: {}, frames: [],
