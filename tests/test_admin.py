@@ -554,3 +554,30 @@ def test_export_takes_the_same_queries_for_5_or_60_conversations(reviewer_client
     few = export_queries()
     populate(user, 55)
     assert export_queries() == few
+
+
+def test_the_transcript_and_the_export_show_the_reasoning(admin_client, conversation):
+    Message.objects.create(conversation=conversation, role="user", content="Why?")
+    Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        content="Because.",
+        reasoning="*Weighing* it <img src=x onerror=alert(1)>",
+        reasoning_seconds=4.2,
+        reasoning_tokens=7,
+    )
+    html = admin_client.get(change_url(conversation)).text
+    assert 'data-part="reasoning"' in html and "Reasoning (4 s)" in html
+    assert "<em>Weighing</em>" in html  # Markdown, through the same sanitizer
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    export = admin_client.post(
+        reverse("admin:conversations_conversation_changelist"),
+        {"action": "export_as_json", "_selected_action": [conversation.pk]},
+    )
+    (exported,) = json.loads(export.content)["conversations"]
+    (message,) = [m for m in exported["messages"] if m["role"] == "assistant"]
+    assert (message["reasoning"], message["reasoning_seconds"], message["reasoning_tokens"]) == (
+        "*Weighing* it <img src=x onerror=alert(1)>",
+        4.2,
+        7,
+    )
