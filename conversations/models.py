@@ -494,7 +494,9 @@ class Message(models.Model):
         self.reasoning = reasoning
         self.reasoning_seconds = reasoning_seconds
         self.tool_calls = tool_calls or None
-        self.finish_reason = finish_reason or ""
+        self.finish_reason = (finish_reason or "")[
+            : Message._meta.get_field("finish_reason").max_length
+        ]
         self.prompt_tokens = usage.prompt_tokens if usage else None
         self.completion_tokens = usage.completion_tokens if usage else None
         self.total_tokens = usage.total_tokens if usage else None

@@ -265,8 +265,21 @@ class ReplyStream:
                 await self.publisher.close()
             except Exception:  # the final element below still reaches every socket
                 log.exception("publishing reply %s failed", self.message.pk)
-            self.reply.end_thinking()
-            await database_sync_to_async(self.message.finish)(
+            await self._store(ending)
+            finished = ReplyFinished(self.message.pk, message_html(self.message))
+            await self.layer.group_send(
+                sockets_group(self.message.conversation_id), finished.as_message()
+            )
+        finally:
+            runtime.discard(self)
+            await self.layer.group_discard(reply_group(self.message.conversation_id), self._control)
+
+    async def _store(self, ending: Ending) -> None:
+        """The one write; should it fail, the text is stored as failed, with the reason."""
+        self.reply.end_thinking()
+        finish = database_sync_to_async(self.message.finish)
+        try:
+            await finish(
                 status=ending.status,
                 content=self.reply.text,
                 reasoning=self.reply.reasoning,
@@ -276,13 +289,22 @@ class ReplyStream:
                 usage=self.reply.total_usage,
                 error=ending.error,
             )
-            finished = ReplyFinished(self.message.pk, message_html(self.message))
-            await self.layer.group_send(
-                sockets_group(self.message.conversation_id), finished.as_message()
+            return
+        except Exception:
+            log.exception("storing reply %s failed; storing its text alone", self.message.pk)
+        error = "The reply could not be stored whole; its text is kept."
+        try:
+            await finish(
+                status=Message.Status.FAILED,
+                content=self.reply.text,
+                reasoning=self.reply.reasoning,
+                error=error,
             )
-        finally:
-            runtime.discard(self)
-            await self.layer.group_discard(reply_group(self.message.conversation_id), self._control)
+        except Exception:
+            # Even that failed (the database is away): the pages still get a final state,
+            # and the row's last checkpoint is ended when it is found orphaned.
+            log.exception("storing the text of reply %s failed", self.message.pk)
+            self.message.status, self.message.error = Message.Status.FAILED, error
 
 
 class Publisher:

@@ -405,3 +405,75 @@ async def test_a_live_reply_is_never_taken_for_an_orphan(
     frames = await receive_until(socket, ends_reply)
     assert 'data-status="complete"' in frames[-1]
     await socket.disconnect()
+
+
+# --- what the final write gets ------------------------------------------------------
+
+
+def raw_events(*data: str):
+    """Streams each ``data`` string as an SSE event, as it is (JSON escapes kept)."""
+
+    async def handler(exchange) -> None:
+        await exchange.start()
+        for item in data:
+            await exchange.write(f"data: {item}\n\n")
+
+    return handler
+
+
+CHUNK = '{{"choices": [{{"index": 0, "delta": {delta}, "finish_reason": {finish}}}]{usage}}}'
+
+
+async def test_unstorable_text_and_absurd_usage_still_end_in_a_stored_reply(
+    start_upstream, conversation, user, connect
+):
+    await start_upstream(
+        raw_events(
+            CHUNK.format(
+                delta='{"content": "lone \\ud800 and nul \\u0000 "}', finish="null", usage=""
+            ),
+            CHUNK.format(delta='{"reasoning": "x\\udfff"}', finish="null", usage=""),
+            CHUNK.format(
+                delta='{"content": "fine \\ud83d\\ude00"}',
+                finish='"' + "stop" * 20 + '"',
+                usage=', "usage": {"prompt_tokens": -5, "completion_tokens": 3, '
+                '"total_tokens": 1e99}',
+            ),
+            "[DONE]",
+        )
+    )
+    socket = await connect(conversation, user)
+    await send(socket, action="send", content="hi")
+    frames = await receive_until(socket, ends_reply)
+    assert 'data-status="complete"' in frames[-1]
+    reply = (await messages_of(conversation))[-1]
+    assert reply.status == Message.Status.COMPLETE
+    assert reply.content == "lone \ufffd and nul \ufffd fine \U0001f600"
+    assert reply.reasoning == "x\ufffd"
+    assert (reply.prompt_tokens, reply.completion_tokens, reply.total_tokens) == (None, 3, None)
+    assert reply.finish_reason == ("stop" * 20)[:32]
+    await socket.disconnect()
+
+
+async def test_a_failing_final_write_still_keeps_the_text(
+    start_upstream, conversation, user, connect, monkeypatch
+):
+    await start_upstream(text_stream(["Kept ", "text"]))
+    finish = Message.finish
+    calls = []
+
+    def failing_once(self, **fields):
+        calls.append(fields["status"])
+        if len(calls) == 1:
+            raise ValueError("the database refused it")
+        return finish(self, **fields)
+
+    monkeypatch.setattr(Message, "finish", failing_once)
+    socket = await connect(conversation, user)
+    await send(socket, action="send", content="hi")
+    frames = await receive_until(socket, ends_reply)
+    assert calls == [Message.Status.COMPLETE, Message.Status.FAILED]
+    assert 'data-status="failed"' in frames[-1] and "could not be stored whole" in frames[-1]
+    reply = (await messages_of(conversation))[-1]
+    assert (reply.status, reply.content) == (Message.Status.FAILED, "Kept text")
+    await socket.disconnect()

@@ -11,6 +11,7 @@ and reasoning in any of the fields, content parts or inline tags servers use
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 from .errors import MAX_SHOWN, StreamError, error_fields, shorten
@@ -77,6 +78,8 @@ class StreamParser:
         if not isinstance(obj, dict):
             excerpt = shorten(data, 200, self._api_key)
             raise StreamError(f"upstream sent malformed data: {excerpt!r}")
+        if _UNSTORABLE_ESCAPE.search(data):
+            obj = _storable(obj)
         error = obj.get("error")
         if error:
             message, code = error_fields(obj)
@@ -193,10 +196,10 @@ def _usage(usage: dict) -> Usage:
     details = usage.get("completion_tokens_details")
     reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
     return Usage(
-        prompt_tokens=_int(usage.get("prompt_tokens")),
-        completion_tokens=_int(usage.get("completion_tokens")),
-        total_tokens=_int(usage.get("total_tokens")),
-        reasoning_tokens=_int(reasoning),
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        total_tokens=_count(usage.get("total_tokens")),
+        reasoning_tokens=_count(reasoning),
     )
 
 
@@ -223,3 +226,29 @@ def _index(item: dict, default: int) -> int:
 
 def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+MAX_COUNT = 2**31 - 1  # more tokens than any reply has, and what the database column holds
+
+
+def _count(value) -> int | None:
+    """A token count, or None (unknown) for a negative, absurd or non-integer one."""
+    value = _int(value)
+    return value if value is not None and 0 <= value <= MAX_COUNT else None
+
+
+# A lone surrogate or a NUL can only come from a \u escape; neither can be stored
+# (UTF-8 has no surrogates, PostgreSQL text no NUL), so both become U+FFFD here.
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(value):
+    """``value`` (parsed JSON) with every string's unstorable characters replaced."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {key: _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
