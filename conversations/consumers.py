@@ -117,15 +117,29 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         return data if isinstance(data, dict) else {}
 
     async def receive_json(self, content, **kwargs):
+        action = content.get("action")
+        try:
+            await self.act(action, content)
+        except Exception:
+            # A bug or an outage must not close the socket (1011): say so, keep it usable.
+            log.exception(
+                "the %s action failed on conversation %s", ascii(action)[:40], self.conversation.pk
+            )
+            await self.notify(
+                "The server could not do that just now. Nothing you sent before was lost; "
+                "try again in a moment.",
+                refused="send" if action == "send" else "",
+            )
+
+    async def act(self, action, content):
         if not await session_belongs_to(self.session_key, self.user):
             # Logged out (or the password changed) elsewhere: this socket's rights end too.
             await self.notify("You have been logged out. Reload the page to log in again.")
             await self.close(code=CLOSE_LOGGED_OUT)
             return
-        action = content.get("action")
         handler = self.ACTIONS.get(action) if isinstance(action, str) else None
         if handler is None:
-            await self.notify(f"Unknown action {str(action)[:40]!r}.")
+            await self.notify(f"Unknown action {ascii(action)[:40]}.")
             return
         await handler(self, content)
 

@@ -1,4 +1,5 @@
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -20,6 +21,9 @@ CONTINUE_INSTRUCTION = (
     "Continue your previous reply exactly where it stopped. "
     "Do not repeat anything you already wrote."
 )
+
+
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class ActionRefused(Exception):
@@ -184,6 +188,8 @@ class Conversation(models.Model):
         """
         if not isinstance(content, str) or not content.strip():
             raise ActionRefused("Type a message first.")
+        # A lone surrogate or a NUL (possible in JSON escapes) cannot be stored.
+        content = UNSTORABLE.sub("\ufffd", content)
         limit = settings.CHAT_MAX_MESSAGE_CHARS
         if len(content) > limit:
             raise ActionRefused(
