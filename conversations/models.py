@@ -200,7 +200,7 @@ class Conversation(models.Model):
         try:
             with transaction.atomic():
                 self.refresh_from_db()
-                self.check_limits(sending=True)
+                self.check_limits()
                 sent = self.messages.create(
                     role=Message.Role.USER,
                     content=content,
@@ -228,9 +228,9 @@ class Conversation(models.Model):
         """Delete the latest reply and start a new one from the same history."""
         self.refresh_from_db()
         old = self._latest_reply(message_id)
-        self.check_limits(sending=False)
         try:
             with transaction.atomic():
+                self.check_limits()
                 deleted, _ = self.messages.filter(pk=old.pk).exclude(status="streaming").delete()
                 if not deleted:
                     raise ReplyInProgress
@@ -246,34 +246,36 @@ class Conversation(models.Model):
         reply = self._latest_reply(message_id)
         if not reply.can_continue:
             raise ActionRefused("This reply is complete; there is nothing to continue.")
-        self.check_limits(sending=False)
         try:
             with transaction.atomic():
+                self.check_limits()
                 if not reply.reopen():
                     raise ReplyInProgress
         except IntegrityError as error:
             raise ReplyInProgress from error
         return StartedReply(reply, self.prompt(continuing=reply))
 
-    def check_limits(self, *, sending: bool) -> None:
-        """The owner's limits: messages per minute, replies being written at once."""
-        now = timezone.now()
-        mine = Message.objects.filter(conversation__owner_id=self.owner_id)
-        if sending:
-            window, most = timedelta(minutes=1), settings.CHAT_MESSAGES_PER_MINUTE
-            recent = mine.filter(role=Message.Role.USER, created_at__gt=now - window)
-            times = list(recent.order_by("-created_at").values_list("created_at", flat=True)[:most])
-            if len(times) >= most:
-                wait = max(1, math.ceil((times[-1] + window - now).total_seconds()))
-                raise ActionRefused(
-                    f"You can send {most} messages a minute. Try again in {wait} s."
-                )
-        writing = mine.streaming().count()
+    def check_limits(self) -> None:
+        """The owner's limits on a reply about to start, counted in the database (so across
+        processes): upstream requests a minute (sending, regenerating and continuing each
+        make one) and replies being written at once. Counts this one when it may start."""
+        now, window = timezone.now(), timedelta(minutes=1)
+        most = settings.CHAT_MESSAGES_PER_MINUTE
+        recent = UpstreamRequest.objects.filter(user_id=self.owner_id, at__gt=now - window)
+        times = list(recent.order_by("-at").values_list("at", flat=True)[:most])
+        if len(times) >= most:
+            wait = max(1, math.ceil((times[-1] + window - now).total_seconds()))
+            raise ActionRefused(
+                f"You can ask for {most} replies a minute (sending, regenerating and continuing "
+                f"each count). Try again in {wait} s."
+            )
+        writing = Message.objects.filter(conversation__owner_id=self.owner_id).streaming().count()
         if writing >= settings.CHAT_CONCURRENT_REPLIES:
             raise ActionRefused(
                 f"You already have {writing} replies being written, the most at once. "
                 "Wait for one to finish (or stop one), then try again."
             )
+        UpstreamRequest.objects.create(user_id=self.owner_id, at=now)
 
     def _latest_reply(self, message_id) -> "Message":
         last = self.messages.order_by("-pk").first()
@@ -574,6 +576,19 @@ class Message(models.Model):
         if self.reasoning and settings.CHAT_SEND_REASONING:
             message["reasoning_content"] = self.reasoning
         return message
+
+
+class UpstreamRequest(models.Model):
+    """A reply a user's action started upstream: what the per-minute limit counts."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "at"], name="upstream_request_user_at")]
+
+    def __str__(self):
+        return f"upstream request of user {self.user_id} at {self.at:%Y-%m-%d %H:%M:%S}"
 
 
 class AdminAccessRecordQuerySet(models.QuerySet):

@@ -222,14 +222,16 @@ def test_limits_count_the_owners_messages_and_replies(conversation, settings):
     for text in ("one", "two"):
         started = conversation.send(text, "m")
         started.reply.finish(status=Message.Status.COMPLETE, content="ok")
-    with pytest.raises(ActionRefused, match=r"2 messages a minute. Try again in \d+ s"):
+    with pytest.raises(ActionRefused, match=r"2 replies a minute .* Try again in \d+ s"):
         conversation.send("three", "m")
-    conversation.check_limits(sending=False)  # regenerate and continue are not messages
+    with pytest.raises(ActionRefused, match="2 replies a minute"):
+        conversation.regenerate(started.reply.pk, "m")  # regenerating asks upstream too
+    settings.CHAT_MESSAGES_PER_MINUTE = 100
     settings.CHAT_CONCURRENT_REPLIES = 1
     other = Conversation.objects.create(owner=conversation.owner)
     reply(other)
     with pytest.raises(ActionRefused, match="1 replies being written"):
-        conversation.check_limits(sending=False)
+        conversation.check_limits()
 
 
 def test_regenerate_replaces_only_the_latest_finished_reply(conversation):

@@ -102,10 +102,32 @@ async def test_messages_per_minute_are_limited(
         await receive_until(socket, ends_reply)
     await send(socket, action="send", content="three")
     notice = await socket.receive_from()
-    assert "2 messages a minute" in notice and "Try again in" in notice
+    assert "2 replies a minute" in notice and "Try again in" in notice
     assert 'data-refused="send"' in notice
     contents = [m.content for m in await messages_of(conversation) if m.role == "user"]
     assert contents == ["one", "two"]
+    await socket.disconnect()
+
+
+async def test_regenerate_and_continue_count_against_the_same_limit(
+    start_upstream, conversation, user, connect, settings
+):
+    settings.CHAT_MESSAGES_PER_MINUTE = 3
+    server = await start_upstream(text_stream(["fine"], finish_reason="length"))
+    socket = await connect(conversation, user)
+    await send(socket, action="send", content="one")
+    await receive_until(socket, ends_reply)
+    reply = (await messages_of(conversation))[-1]
+    await send(socket, action="continue", message_id=reply.pk)  # the second request
+    await receive_until(socket, ends_reply)
+    await send(socket, action="regenerate", message_id=reply.pk)  # the third
+    await receive_until(socket, ends_reply)
+    latest = (await messages_of(conversation))[-1]
+    for action in ("regenerate", "continue"):  # a loop of these is refused too
+        await send(socket, action=action, message_id=latest.pk)
+        notice = await socket.receive_from()
+        assert "3 replies a minute" in notice and "Try again in" in notice
+    assert len(server.exchanges) == 3
     await socket.disconnect()
 
 
