@@ -3,10 +3,21 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+
+class IconRedirect(RedirectView):
+    """The static URL is looked up per request: at import the manifest of hashed names may
+    not exist yet (``manage.py migrate`` runs before ``collectstatic`` when deploying)."""
+
+    permanent = True
+
+    def get_redirect_url(self, *args, **kwargs):
+        return static("chat/icon.svg")
+
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     # Pages without an icon link (the admin's) make browsers ask for this one.
-    path("favicon.ico", RedirectView.as_view(url=static("chat/icon.svg"), permanent=True)),
+    path("favicon.ico", IconRedirect.as_view()),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("conversations.urls")),
 ]

@@ -4,6 +4,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from . import page
@@ -18,6 +19,7 @@ def own_conversation(request, pk) -> Conversation:
 
 @require_safe
 @login_required
+@cache_control(private=True)  # one person's conversations: no shared cache keeps them
 def conversation_list(request):
     conversations = Conversation.objects.owned_by(request.user)[:200]
     return render(
@@ -36,6 +38,7 @@ def conversation_create(request):
 
 @require_safe
 @login_required
+@cache_control(private=True)  # one person's conversations: no shared cache keeps them
 def conversation_detail(request, pk):
     conversation = own_conversation(request, pk)
     runtime.sweep_orphans(conversation.pk)
@@ -70,6 +73,7 @@ def conversation_delete(request, pk):
 
 @require_safe
 @login_required
+@cache_control(private=True)  # one person's conversations: no shared cache keeps them
 def conversation_export(request, pk):
     conversation = own_conversation(request, pk)
     response = JsonResponse(conversation.export(), json_dumps_params={"indent": 2})
