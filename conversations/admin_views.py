@@ -47,6 +47,9 @@ class PeriodForm(forms.Form):
         cleaned = super().clean()
         first, last = cleaned.get("date_from"), cleaned.get("date_to")
         if first and last:
+            if last >= date.max - timedelta(days=1) or first <= date.min + timedelta(days=1):
+                # The period's end is the next day's start, and the chart's axis goes on.
+                raise forms.ValidationError("Choose dates between the years 1 and 9999.")
             if last < first:
                 raise forms.ValidationError("The period ends before it starts.")
             if (last - first).days >= LONGEST_PERIOD_DAYS:

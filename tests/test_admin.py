@@ -581,3 +581,13 @@ def test_the_transcript_and_the_export_show_the_reasoning(admin_client, conversa
         4.2,
         7,
     )
+
+
+@pytest.mark.parametrize(
+    ("date_from", "date_to"),
+    [("9999-12-01", "9999-12-31"), ("9999-12-30", "9999-12-30"), ("0001-01-01", "0001-01-05")],
+)
+def test_the_overview_refuses_dates_at_the_ends_of_the_calendar(admin_client, date_from, date_to):
+    response = usage(admin_client, date_from=date_from, date_to=date_to)
+    assert response.status_code == 200
+    assert "Choose dates between the years 1 and 9999." in response.text
