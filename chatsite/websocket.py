@@ -2,9 +2,9 @@
 
 Channels' AllowedHostsOriginValidator checks the Origin's host name against
 ALLOWED_HOSTS but not its scheme or port, and lets a missing Origin through in
-some configurations. A page on another port of the same host is another origin
-and must not drive a user's socket with their cookies, so the Origin must
-equal the Host the socket was opened on (or a CSRF_TRUSTED_ORIGINS entry).
+some configurations. A page on another port or scheme of the same host is another
+origin and must not drive a user's socket with their cookies, so the Origin must
+equal the scheme and Host the socket was opened on (or a CSRF_TRUSTED_ORIGINS entry).
 """
 
 from urllib.parse import urlsplit
@@ -28,6 +28,20 @@ def _netloc(scheme: str, host: str, port: int | None) -> str:
     return f"{host.lower()}:{port}"
 
 
+def site_scheme(scope) -> str:
+    """``https`` when the socket came over TLS: its own (wss), or the proxy's, as Django
+    trusts it (SECURE_PROXY_SSL_HEADER, e.g. X-Forwarded-Proto)."""
+    if scope.get("scheme") == "wss":
+        return "https"
+    proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if proxy_header:
+        name, value = proxy_header
+        header = name.removeprefix("HTTP_").replace("_", "-").lower().encode("latin-1")
+        if _header(scope, header).split(",")[0].strip() == value:
+            return "https"
+    return "http"
+
+
 def same_origin(scope) -> bool:
     origin = _header(scope, b"origin").strip()
     host = _header(scope, b"host").strip().lower()
@@ -42,7 +56,8 @@ def same_origin(scope) -> bool:
         host_netloc = _netloc(parts.scheme, host_parts.hostname or "", host_parts.port)
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and origin_netloc == host_netloc
+    # An https page of the host is another origin than its http site, and the reverse.
+    return parts.scheme == site_scheme(scope) and origin_netloc == host_netloc
 
 
 class SameOriginValidator:

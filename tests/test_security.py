@@ -35,6 +35,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
         b"http://evil.example",  # foreign host
         b"http://testserver:8080",  # same host, foreign port
         b"https://testserver.evil.example",
+        b"https://testserver",  # same host, another scheme: this site is plain http
     ],
 )
 async def test_sockets_from_other_origins_are_refused(conversation, user, origin):
@@ -52,6 +53,30 @@ async def test_a_socket_from_the_site_itself_is_accepted(conversation, user):
     connected, _ = await communicator.connect()
     assert connected
     await communicator.disconnect()
+
+
+def test_the_origin_scheme_must_be_the_sites():
+    from chatsite.websocket import same_origin
+
+    def scope(origin, scheme="ws", **headers):
+        pairs = [(b"host", b"chat.example"), (b"origin", origin.encode())]
+        pairs += [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+        return {"type": "websocket", "scheme": scheme, "headers": pairs}
+
+    assert same_origin(scope("http://chat.example"))
+    assert not same_origin(scope("https://chat.example"))
+    assert same_origin(scope("https://chat.example", scheme="wss"))
+    assert not same_origin(scope("http://chat.example", scheme="wss"))
+
+
+def test_behind_a_tls_proxy_the_forwarded_scheme_counts(settings):
+    from chatsite.websocket import same_origin
+
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    headers = [(b"host", b"chat.example"), (b"x-forwarded-proto", b"https")]
+    https = {"type": "websocket", "scheme": "ws", "headers": headers}
+    assert same_origin(https | {"headers": [*headers, (b"origin", b"https://chat.example")]})
+    assert not same_origin(https | {"headers": [*headers, (b"origin", b"http://chat.example")]})
 
 
 # --- frames ------------------------------------------------------------------------------
