@@ -27,6 +27,7 @@ from .events import (
     ReplySnapshot,
     ReplyStarted,
     ReplyStatus,
+    SiteClosing,
     StopReply,
     SyncReply,
     parse,
@@ -34,7 +35,7 @@ from .events import (
     sockets_group,
 )
 from .models import ActionRefused, Conversation, Message
-from .page import CLOSE_LOGGED_OUT, CLOSE_NOT_FOUND, max_frame_chars
+from .page import CLOSE_GOING_AWAY, CLOSE_LOGGED_OUT, CLOSE_NOT_FOUND, max_frame_chars
 from .rendering import added_html, message_html, notice_html, removed_html
 from .runtime import runtime
 
@@ -71,9 +72,11 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.awaiting_snapshot: set[int] = set()
         self.orphan_check: asyncio.Task | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
+        runtime.sockets.add(self.channel_name)
         await self.accept()
 
     async def disconnect(self, code):
+        runtime.sockets.discard(self.channel_name)
         if getattr(self, "orphan_check", None) is not None:
             self.orphan_check.cancel()
         if getattr(self, "group", None):
@@ -260,6 +263,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.offsets.pop(event.message_id, None)
         self.awaiting_snapshot.discard(event.message_id)
         await self.send(event.html)
+
+    async def site_closing(self, event: SiteClosing):
+        await self.close(code=CLOSE_GOING_AWAY)
 
 
 MAX_ID = 2**63 - 1  # the database's largest key

@@ -82,6 +82,14 @@ class ReplyFinished(Event):
     html: str
 
 
+@dataclass(frozen=True, slots=True)
+class SiteClosing(Event):
+    """The process is stopping: after the final elements above, close with 1001 (the page
+    reconnects, to another process or to this one restarted)."""
+
+    type: ClassVar[str] = "site.closing"
+
+
 # --- from a socket to the reply task of its conversation --------------------------------
 
 
@@ -99,7 +107,8 @@ class SyncReply(Event):
 
 
 TO_SOCKETS = {
-    e.type: e for e in (ReplyStarted, ReplyDelta, ReplySnapshot, ReplyStatus, ReplyFinished)
+    e.type: e
+    for e in (ReplyStarted, ReplyDelta, ReplySnapshot, ReplyStatus, ReplyFinished, SiteClosing)
 }
 TO_REPLIES = {e.type: e for e in (StopReply, SyncReply)}
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 # Websocket close codes (4000-4999 are the application's own).
+CLOSE_GOING_AWAY = 1001  # the process stops; the page reconnects
 CLOSE_LOGGED_OUT = 4401
 CLOSE_NOT_FOUND = 4404
 

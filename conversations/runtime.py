@@ -7,16 +7,20 @@ upstream, the upstream's default model, and the offline demo model's server.
 """
 
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 
 import httpx
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
 from . import demo, upstream
+from .events import SiteClosing
 from .models import Message
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,7 @@ class Runtime:
         # Every reply row this process makes is checkpointed after this moment.
         self.created_at = timezone.now()
         self.replies: dict = {}  # message id -> replies.ReplyStream
+        self.sockets: set[str] = set()  # channel names of this process's open sockets
         self._started = False
         self._checkpoints: asyncio.Task | None = None
         # An AsyncClient's pool belongs to the event loop it first ran on.
@@ -66,15 +71,34 @@ class Runtime:
             )
 
     def _hook_shutdown(self) -> None:
-        """Under Daphne (Twisted), store running replies before the reactor stops on SIGTERM."""
+        """Under Daphne (Twisted), store running replies before the reactor stops."""
         if "twisted.internet.reactor" not in sys.modules:
             return
         from twisted.internet import defer, reactor
+
+        if not reactor.running:  # imported (by channels.testing, say), not serving
+            return
 
         def before_shutdown():
             return defer.Deferred.fromFuture(asyncio.ensure_future(self.shutdown()))
 
         reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+
+        # Daphne's own shutdown trigger cancels every socket at once, which would lose
+        # the final elements: on SIGTERM the replies end and the sockets close first.
+        loop, previous = asyncio.get_running_loop(), signal.getsignal(signal.SIGTERM)
+
+        def stop_reactor(_):
+            with contextlib.suppress(Exception):  # already stopping
+                reactor.stop()
+
+        def on_sigterm(signum, frame):
+            signal.signal(signal.SIGTERM, previous)  # a second SIGTERM stops at once
+            loop.call_soon_threadsafe(
+                lambda: asyncio.ensure_future(self.shutdown()).add_done_callback(stop_reactor)
+            )
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Store every running reply as interrupted, with its text; close the HTTP client."""
@@ -84,10 +108,22 @@ class Runtime:
         tasks = [reply.task for reply in running if reply.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
+        await self._close_sockets()
         if self._http is not None:
             _, client = self._http
             self._http = None
             await client.aclose()
+
+    async def _close_sockets(self, grace: float = 1.0) -> None:
+        """Each socket closes with 1001 once it has sent what is queued for it (the final
+        elements just published come first: a channel delivers in order)."""
+        layer = get_channel_layer()
+        for channel in list(self.sockets):
+            await layer.send(channel, SiteClosing().as_message())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.sockets and loop.time() < deadline:  # noqa: ASYNC110 (sockets leave one by one)
+            await asyncio.sleep(0.01)
 
     # --- the upstream ------------------------------------------------------------------
 

@@ -342,6 +342,8 @@ async def test_shutdown_stores_running_replies_as_interrupted(
     await runtime.shutdown()
     frames = await receive_until(socket, ends_reply)
     assert 'data-status="interrupted"' in frames[-1]
+    # Then the socket closes with 1001, so the page reconnects (to the restarted site).
+    assert await socket.receive_output(2) == {"type": "websocket.close", "code": 1001}
     reply = (await messages_of(conversation))[-1]
     assert reply.status == Message.Status.INTERRUPTED
     assert reply.content == "Written before shutdown"

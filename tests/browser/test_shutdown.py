@@ -48,6 +48,9 @@ def test_sigterm_stores_the_reply_as_interrupted_with_its_text(browser, own_site
     context, page = start_long_reply(browser, own_site)
     shown = page.locator("[data-role=assistant]").inner_text()
     own_site.stop(signal.SIGTERM)
+    # The page got the final element before its socket closed (1001: it reconnects).
+    page.locator("[data-role=assistant][data-status=interrupted]").wait_for(timeout=2_000)
+    page.locator("#chat[data-socket=closed]").wait_for(timeout=2_000)
 
     content, status, error = last_reply(own_site)
     assert status == "interrupted"
