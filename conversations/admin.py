@@ -258,6 +258,18 @@ class MessageAdmin(ReviewOnlyAdmin):
     list_filter = ["role", "status", "finish_reason", "model", "created_at"]
     search_fields = ["content", "conversation__title", "conversation__owner__username"]
     ordering = ["-pk"]
+
+    def changelist_view(self, request, extra_context=None):
+        """The list shows excerpts of people's messages: record whose, as opening them."""
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if request.method == "GET" and changelist is not None:
+            shown = {m.conversation_id: m.conversation for m in changelist.result_list}
+            AdminAccessRecord.objects.record(
+                request.user, shown.values(), AdminAccessRecord.Action.LISTED
+            )
+        return response
+
     fields = [
         "conversation",
         "owner",

@@ -621,6 +621,7 @@ class AdminAccessRecord(models.Model):
     class Action(models.TextChoices):
         OPENED = "opened"
         EXPORTED = "exported"
+        LISTED = "listed"  # excerpts of its messages in the message list or its search
 
     staff = models.ForeignKey(
         settings.AUTH_USER_MODEL,

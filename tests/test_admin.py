@@ -591,3 +591,24 @@ def test_the_overview_refuses_dates_at_the_ends_of_the_calendar(admin_client, da
     response = usage(admin_client, date_from=date_from, date_to=date_to)
     assert response.status_code == 200
     assert "Choose dates between the years 1 and 9999." in response.text
+
+
+def test_the_message_list_and_its_search_record_whose_excerpts_were_shown(
+    reviewer_client, reviewer, conversation, other_user
+):
+    exchange(conversation, "alice's secret")
+    theirs = Conversation.objects.create(owner=other_user, title="bob's")
+    exchange(theirs, "bob's words")
+    own = Conversation.objects.create(owner=reviewer, title="mine")
+    exchange(own, "my own")
+    messages = reverse("admin:conversations_message_changelist")
+
+    reviewer_client.get(messages, {"q": "secret"})
+    assert [(r.action, r.conversation) for r in AdminAccessRecord.objects.all()] == [
+        ("listed", conversation)
+    ]
+    reviewer_client.get(messages)
+    listed = AdminAccessRecord.objects.filter(action="listed").values_list(
+        "conversation", flat=True
+    )
+    assert sorted(listed) == sorted([conversation.pk, conversation.pk, theirs.pk])  # not own
