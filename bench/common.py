@@ -142,6 +142,7 @@ class Site:
         self.tmp, self.count, self.env = tmp, count, {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.env |= {"OPENAI_API_KEY": "", "CHAT_MODEL": "bench", "DJANGO_DEBUG": "1"}
         self.env |= {"CHAT_MESSAGES_PER_MINUTE": "100000", "CHAT_CONCURRENT_REPLIES": "100000"}
+        self.env |= {"CHAT_SOCKETS_PER_USER": "100000"}
         self.env |= {"REDIS_URL": "", **env}
         self.ports = [free_port() for _ in range(count)]
         self.port = self.ports[0] if count == 1 else free_port()

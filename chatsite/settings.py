@@ -247,5 +247,9 @@ CHAT_SEND_REASONING = env_bool("CHAT_SEND_REASONING", False)
 # Per user: messages per minute, and replies being written at once.
 CHAT_MESSAGES_PER_MINUTE = int(env("CHAT_MESSAGES_PER_MINUTE", "20"))
 CHAT_CONCURRENT_REPLIES = int(env("CHAT_CONCURRENT_REPLIES", "3"))
+# Per socket: actions a second on average (four times as many at once); per user: open
+# sockets in one process.
+CHAT_SOCKET_ACTIONS_PER_SECOND = env_float("CHAT_SOCKET_ACTIONS_PER_SECOND", 5.0)
+CHAT_SOCKETS_PER_USER = int(env("CHAT_SOCKETS_PER_USER", "20"))
 # Whether people can create their own accounts (otherwise an administrator does).
 CHAT_ALLOW_SIGNUP = env_bool("CHAT_ALLOW_SIGNUP", False)

@@ -10,6 +10,7 @@ it joined.
 import asyncio
 import json
 import logging
+import time
 from importlib import import_module
 from types import SimpleNamespace
 
@@ -35,7 +36,13 @@ from .events import (
     sockets_group,
 )
 from .models import ActionRefused, Conversation, Message
-from .page import CLOSE_GOING_AWAY, CLOSE_LOGGED_OUT, CLOSE_NOT_FOUND, max_frame_chars
+from .page import (
+    CLOSE_GOING_AWAY,
+    CLOSE_LOGGED_OUT,
+    CLOSE_NOT_FOUND,
+    CLOSE_TOO_MANY_SOCKETS,
+    max_frame_chars,
+)
 from .rendering import added_html, message_html, notice_html, removed_html
 from .runtime import runtime
 
@@ -65,18 +72,25 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self.accept()
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        if runtime.sockets_of(user.pk) >= settings.CHAT_SOCKETS_PER_USER:
+            await self.accept()
+            await self.close(code=CLOSE_TOO_MANY_SOCKETS)
+            return
         self.group = sockets_group(self.conversation.pk)
+        rate = settings.CHAT_SOCKET_ACTIONS_PER_SECOND
+        self.actions = TokenBucket(rate, burst=max(1, round(rate * 4)))
+        self.limit_noticed = float("-inf")
         # Per streaming message: the offset this socket's page has reached.
         # A message with no entry waits for a snapshot before it gets frames.
         self.offsets: dict[int, int] = {}
         self.awaiting_snapshot: set[int] = set()
         self.orphan_check: asyncio.Task | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
-        runtime.sockets.add(self.channel_name)
+        runtime.sockets[self.channel_name] = user.pk
         await self.accept()
 
     async def disconnect(self, code):
-        runtime.sockets.discard(self.channel_name)
+        runtime.sockets.pop(self.channel_name, None)
         if getattr(self, "orphan_check", None) is not None:
             self.orphan_check.cancel()
         if getattr(self, "group", None):
@@ -95,6 +109,13 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     # --- frames from the page ----------------------------------------------------------
 
     async def receive(self, text_data=None, bytes_data=None):
+        if not self.actions.take():
+            # One socket must not slow the site for others; one notice a second at most.
+            now = asyncio.get_running_loop().time()
+            if now - self.limit_noticed >= 1:
+                self.limit_noticed = now
+                await self.notify("Too many requests on this connection: slow down a little.")
+            return
         try:
             if text_data is None:
                 raise FrameRefused("This connection takes JSON text frames only.")
@@ -266,6 +287,23 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def site_closing(self, event: SiteClosing):
         await self.close(code=CLOSE_GOING_AWAY)
+
+
+class TokenBucket:
+    """``rate`` actions a second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 MAX_ID = 2**63 - 1  # the database's largest key

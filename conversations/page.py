@@ -13,6 +13,7 @@ from django.conf import settings
 CLOSE_GOING_AWAY = 1001  # the process stops; the page reconnects
 CLOSE_LOGGED_OUT = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY_SOCKETS = 4429  # the user has CHAT_SOCKETS_PER_USER open in this process
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,4 +76,5 @@ def context() -> dict:
         "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "close_logged_out": CLOSE_LOGGED_OUT,
         "close_not_found": CLOSE_NOT_FOUND,
+        "close_too_many": CLOSE_TOO_MANY_SOCKETS,
     }

@@ -34,7 +34,7 @@ class Runtime:
         # Every reply row this process makes is checkpointed after this moment.
         self.created_at = timezone.now()
         self.replies: dict = {}  # message id -> replies.ReplyStream
-        self.sockets: set[str] = set()  # channel names of this process's open sockets
+        self.sockets: dict[str, int] = {}  # this process's open sockets: channel -> user id
         self._started = False
         self._checkpoints: asyncio.Task | None = None
         # An AsyncClient's pool belongs to the event loop it first ran on.
@@ -124,6 +124,9 @@ class Runtime:
         deadline = loop.time() + grace
         while self.sockets and loop.time() < deadline:  # noqa: ASYNC110 (sockets leave one by one)
             await asyncio.sleep(0.01)
+
+    def sockets_of(self, user_id: int) -> int:
+        return sum(1 for owner in self.sockets.values() if owner == user_id)
 
     # --- the upstream ------------------------------------------------------------------
 

@@ -301,3 +301,30 @@ def test_the_icon_is_found_without_a_login(client):
     response = client.get("/favicon.ico")
     assert response.status_code == 301
     assert client.get(response["Location"]).status_code == 200
+
+
+async def test_a_flood_of_actions_on_one_socket_is_refused_with_one_notice(
+    conversation, user, connect, settings
+):
+    settings.CHAT_SOCKET_ACTIONS_PER_SECOND = 0.5  # a burst of 2, then one every 2 s
+    socket = await connect(conversation, user)
+    for _ in range(30):
+        await send(socket, action="probe")
+    frames = [await socket.receive_from() for _ in range(3)]
+    assert await socket.receive_nothing(0.3)  # the other 27 got nothing, not even a notice
+    assert sum("Unknown action" in f for f in frames) == 2
+    assert sum("slow down" in f for f in frames) == 1
+    await socket.disconnect()
+
+
+async def test_a_user_may_keep_only_so_many_sockets_open(conversation, user, connect, settings):
+    settings.CHAT_SOCKETS_PER_USER = 2
+    sockets = [await connect(conversation, user) for _ in range(2)]
+    headers = [*SITE_ORIGIN, (b"cookie", await session_cookie(user))]
+    third = socket_to(conversation.pk, headers)
+    await third.connect()
+    assert await third.receive_output(2) == {"type": "websocket.close", "code": 4429}
+    await sockets[0].disconnect()
+    fourth = await connect(conversation, user)  # one closed: room again
+    for socket in (sockets[1], fourth):
+        await socket.disconnect()

@@ -123,6 +123,8 @@
     if (!banner) return;
     if (code === closeCode("logged-out")) {
       banner.textContent = "You are logged out. Reload the page to log in again.";
+    } else if (code === closeCode("too-many")) {
+      banner.textContent = "Too many pages of this site are open: close some, then reload this one.";
     } else if (code === closeCode("not-found")) {
       banner.textContent = "This conversation no longer exists.";
     } else {
