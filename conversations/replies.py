@@ -397,7 +397,8 @@ class Publisher:
         answer_begins = new_text and not self.sent_text and reply.reasoning
         self.sent_reasoning += len(new_reasoning)
         self.sent_text += len(new_text)
-        self._show_on_message()
+        if reasoning_appears or answer_begins:
+            self._show_on_message()  # the partials below read the row's fields
         html = ""
         if new_reasoning:
             appended, tail = self.thinking.feed(new_reasoning)
@@ -418,8 +419,11 @@ class Publisher:
 
     def _show_on_message(self) -> None:
         # The templates read the reply's state from its row: keep the in-memory one current.
-        self.message.content = self.reply.text[: self.sent_text]
-        self.message.reasoning = self.reply.reasoning[: self.sent_reasoning]
+        text, reasoning = self.reply.text, self.reply.reasoning
+        self.message.content = text if len(text) == self.sent_text else text[: self.sent_text]
+        self.message.reasoning = (
+            reasoning if len(reasoning) == self.sent_reasoning else reasoning[: self.sent_reasoning]
+        )
         self.message.reasoning_seconds = self.reply.reasoning_seconds
 
     def _turn_html(self) -> str:
