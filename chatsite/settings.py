@@ -253,3 +253,10 @@ CHAT_SOCKET_ACTIONS_PER_SECOND = env_float("CHAT_SOCKET_ACTIONS_PER_SECOND", 5.0
 CHAT_SOCKETS_PER_USER = int(env("CHAT_SOCKETS_PER_USER", "20"))
 # Whether people can create their own accounts (otherwise an administrator does).
 CHAT_ALLOW_SIGNUP = env_bool("CHAT_ALLOW_SIGNUP", False)
+# Failed logins within the window (seconds), per account (username, case-insensitively)
+# and per client address, counted in the database (so across processes). Past either
+# limit even the right password is refused until enough of them are older than the
+# window (conversations.throttling). 0 turns a limit off.
+CHAT_LOGIN_FAILURES = int(env("CHAT_LOGIN_FAILURES", "5"))
+CHAT_LOGIN_FAILURES_PER_ADDRESS = int(env("CHAT_LOGIN_FAILURES_PER_ADDRESS", "20"))
+CHAT_LOGIN_WINDOW = env_float("CHAT_LOGIN_WINDOW", 900.0)

@@ -3,6 +3,11 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from conversations.throttling import ThrottledAdminAuthenticationForm, ThrottledLoginView
+
+# Failed logins are throttled on both login pages, counting against the same rows.
+admin.site.login_form = ThrottledAdminAuthenticationForm
+
 
 class IconRedirect(RedirectView):
     """The static URL is looked up per request: at import the manifest of hashed names may
@@ -18,6 +23,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # Pages without an icon link (the admin's) make browsers ask for this one.
     path("favicon.ico", IconRedirect.as_view()),
+    # The throttled login view first; django.contrib.auth.urls serves the rest of accounts/.
+    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("conversations.urls")),
 ]

@@ -646,3 +646,31 @@ class AdminAccessRecord(models.Model):
 
     def __str__(self):
         return f"{self.staff_username} {self.action} {self.conversation_title!r}"
+
+
+class LoginFailure(models.Model):
+    """A failed login (or one being checked), counted against an account or an address.
+
+    Each attempt at a password stores one row per scope before the password is checked
+    (see conversations.throttling); a success deletes the account's rows, a refusal its
+    own. Rows older than the window are pruned as failures are recorded.
+    """
+
+    class Scope(models.TextChoices):
+        ACCOUNT = "account"  # the username, case-folded
+        ADDRESS = "address"  # the client address (an IPv6 address's /64)
+
+    scope = models.CharField(max_length=8, choices=Scope.choices)
+    key = models.CharField(max_length=255)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        indexes = [
+            # The check: the rows of one account or one address within the window.
+            models.Index(fields=["scope", "key", "created_at"], name="login_failure_lookup"),
+            # Pruning the rows older than the window.
+            models.Index(fields=["created_at"], name="login_failure_created"),
+        ]
+
+    def __str__(self):
+        return f"{self.scope} {self.key} at {self.created_at:%Y-%m-%d %H:%M:%S}"
