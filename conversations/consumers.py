@@ -72,13 +72,13 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self.accept()
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        if runtime.sockets_of(user.pk) >= settings.CHAT_SOCKETS_PER_USER:
+        if not runtime.socket_opened(self.channel_name, user.pk):
             await self.accept()
             await self.close(code=CLOSE_TOO_MANY_SOCKETS)
             return
         self.group = sockets_group(self.conversation.pk)
         rate = settings.CHAT_SOCKET_ACTIONS_PER_SECOND
-        self.actions = TokenBucket(rate, burst=max(1, round(rate * 4)))
+        self.frame_budget = TokenBucket(rate, burst=max(1, round(rate * 4)))
         self.limit_noticed = float("-inf")
         # Per streaming message: the offset this socket's page has reached.
         # A message with no entry waits for a snapshot before it gets frames.
@@ -86,11 +86,10 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.awaiting_snapshot: set[int] = set()
         self.orphan_check: asyncio.Task | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
-        runtime.sockets[self.channel_name] = user.pk
         await self.accept()
 
     async def disconnect(self, code):
-        runtime.sockets.pop(self.channel_name, None)
+        runtime.socket_closed(self.channel_name)
         if getattr(self, "orphan_check", None) is not None:
             self.orphan_check.cancel()
         if getattr(self, "group", None):
@@ -109,7 +108,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     # --- frames from the page ----------------------------------------------------------
 
     async def receive(self, text_data=None, bytes_data=None):
-        if not self.actions.take():
+        if not self.frame_budget.take():
             # One socket must not slow the site for others; one notice a second at most.
             now = asyncio.get_running_loop().time()
             if now - self.limit_noticed >= 1:

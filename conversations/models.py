@@ -200,7 +200,7 @@ class Conversation(models.Model):
         try:
             with transaction.atomic():
                 self.refresh_from_db()
-                self.check_limits()
+                self.admit_reply()
                 sent = self.messages.create(
                     role=Message.Role.USER,
                     content=content,
@@ -230,7 +230,7 @@ class Conversation(models.Model):
         old = self._latest_reply(message_id)
         try:
             with transaction.atomic():
-                self.check_limits()
+                self.admit_reply()
                 deleted, _ = self.messages.filter(pk=old.pk).exclude(status="streaming").delete()
                 if not deleted:
                     raise ReplyInProgress
@@ -248,17 +248,18 @@ class Conversation(models.Model):
             raise ActionRefused("This reply is complete; there is nothing to continue.")
         try:
             with transaction.atomic():
-                self.check_limits()
+                self.admit_reply()
                 if not reply.reopen():
                     raise ReplyInProgress
         except IntegrityError as error:
             raise ReplyInProgress from error
         return StartedReply(reply, self.prompt(continuing=reply))
 
-    def check_limits(self) -> None:
-        """The owner's limits on a reply about to start, counted in the database (so across
-        processes): upstream requests a minute (sending, regenerating and continuing each
-        make one) and replies being written at once. Counts this one when it may start."""
+    def admit_reply(self) -> None:
+        """Record a reply about to start, or refuse it past the owner's limits: upstream
+        requests a minute (sending, regenerating and continuing each make one) and replies
+        being written at once. Counted in the database, so across processes; called inside
+        the transaction that starts the reply, so a refused start records nothing."""
         now, window = timezone.now(), timedelta(minutes=1)
         most = settings.CHAT_MESSAGES_PER_MINUTE
         recent = UpstreamRequest.objects.filter(user_id=self.owner_id, at__gt=now - window)

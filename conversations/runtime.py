@@ -7,6 +7,7 @@ upstream, the upstream's default model, and the offline demo model's server.
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -35,6 +36,7 @@ class Runtime:
         self.created_at = timezone.now()
         self.replies: dict = {}  # message id -> replies.ReplyStream
         self.sockets: dict[str, int] = {}  # this process's open sockets: channel -> user id
+        self._sockets_per_user: collections.Counter[int] = collections.Counter()
         self._started = False
         self._checkpoints: asyncio.Task | None = None
         # An AsyncClient's pool belongs to the event loop it first ran on.
@@ -125,8 +127,20 @@ class Runtime:
         while self.sockets and loop.time() < deadline:  # noqa: ASYNC110 (sockets leave one by one)
             await asyncio.sleep(0.01)
 
-    def sockets_of(self, user_id: int) -> int:
-        return sum(1 for owner in self.sockets.values() if owner == user_id)
+    def socket_opened(self, channel: str, user_id: int) -> bool:
+        """Count an open socket; False (and not counted) past CHAT_SOCKETS_PER_USER."""
+        if self._sockets_per_user[user_id] >= settings.CHAT_SOCKETS_PER_USER:
+            return False
+        self.sockets[channel] = user_id
+        self._sockets_per_user[user_id] += 1
+        return True
+
+    def socket_closed(self, channel: str) -> None:
+        user_id = self.sockets.pop(channel, None)
+        if user_id is not None:
+            self._sockets_per_user[user_id] -= 1
+            if not self._sockets_per_user[user_id]:
+                del self._sockets_per_user[user_id]
 
     # --- the upstream ------------------------------------------------------------------
 

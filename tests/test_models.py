@@ -231,7 +231,7 @@ def test_limits_count_the_owners_messages_and_replies(conversation, settings):
     other = Conversation.objects.create(owner=conversation.owner)
     reply(other)
     with pytest.raises(ActionRefused, match="1 replies being written"):
-        conversation.check_limits()
+        conversation.admit_reply()
 
 
 def test_regenerate_replaces_only_the_latest_finished_reply(conversation):

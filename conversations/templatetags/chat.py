@@ -14,20 +14,16 @@ def markdown(text) -> str:
     return mark_safe(render_markdown(str(text or "")))  # sanitized by render_markdown
 
 
-@register.simple_tag(takes_context=True)
-def assistant_text(context, message) -> str:
-    """``{% assistant_text message %}``: a reply's finished blocks as HTML, either those
-    rendered while it streams (a snapshot's ``rendered``) or its text rendered now."""
-    rendered = context.get("rendered")
-    if rendered is not None:
-        return mark_safe(rendered)  # sanitized by the streaming renderer
-    return markdown(message.content)
+# Where a snapshot passes the HTML its streaming renderer holds, per field of the message.
+RENDERED = {"content": "rendered", "reasoning": "reasoning_rendered"}
 
 
 @register.simple_tag(takes_context=True)
-def reasoning_text(context, message) -> str:
-    """``{% reasoning_text message %}``: like ``assistant_text``, for the reasoning above it."""
-    rendered = context.get("reasoning_rendered")
+def finished_blocks(context, message, field="content") -> str:
+    """``{% finished_blocks message "reasoning" %}``: the finished blocks of a reply's
+    answer (or reasoning) as HTML: those rendered while it streams, when a snapshot
+    passes them, else its stored text rendered now."""
+    rendered = context.get(RENDERED[field])
     if rendered is not None:
         return mark_safe(rendered)  # sanitized by the streaming renderer
-    return markdown(message.reasoning)
+    return markdown(getattr(message, field))
