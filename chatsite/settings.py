@@ -206,6 +206,7 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
         "conversations": {"handlers": ["console"], "level": env("CHAT_LOG_LEVEL", "INFO")},
+        "chatsite": {"handlers": ["console"], "level": env("CHAT_LOG_LEVEL", "INFO")},
         # httpx logs every request URL at INFO; keep it quiet.
         "httpx": {"level": "WARNING"},
     },
@@ -251,6 +252,9 @@ CHAT_CONCURRENT_REPLIES = int(env("CHAT_CONCURRENT_REPLIES", "3"))
 # sockets in one process.
 CHAT_SOCKET_ACTIONS_PER_SECOND = env_float("CHAT_SOCKET_ACTIONS_PER_SECOND", 5.0)
 CHAT_SOCKETS_PER_USER = int(env("CHAT_SOCKETS_PER_USER", "20"))
+# Per socket: characters queued once the connection's send buffer is full, before the
+# socket is closed as too slow (its page reconnects and catches up).
+CHAT_SOCKET_BACKLOG_BYTES = int(env("CHAT_SOCKET_BACKLOG_BYTES", str(4 * 1024 * 1024)))
 # Whether people can create their own accounts (otherwise an administrator does).
 CHAT_ALLOW_SIGNUP = env_bool("CHAT_ALLOW_SIGNUP", False)
 # Failed logins within the window (seconds), per account (username, case-insensitively)

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 from channels.security.websocket import AllowedHostsOriginValidator, WebsocketDenier
 from django.conf import settings
 
+from chatsite.backlog import BoundedBacklog
+
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
@@ -73,5 +75,6 @@ class SameOriginValidator:
 
 
 def guarded(application):
-    """The websocket stack's origin checks, outermost first."""
-    return SameOriginValidator(AllowedHostsOriginValidator(application))
+    """The websocket stack's guards, outermost first: the origin checks, then a bound on
+    what is queued for a socket that does not read (chatsite/backlog.py)."""
+    return SameOriginValidator(AllowedHostsOriginValidator(BoundedBacklog(application)))

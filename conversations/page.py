@@ -13,6 +13,7 @@ from django.conf import settings
 CLOSE_GOING_AWAY = 1001  # the process stops; the page reconnects
 CLOSE_LOGGED_OUT = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_SLOW = 4408  # the page fell too far behind reading; it reconnects and catches up
 CLOSE_TOO_MANY_SOCKETS = 4429  # the user has CHAT_SOCKETS_PER_USER open in this process
 
 
@@ -77,4 +78,5 @@ def context() -> dict:
         "close_logged_out": CLOSE_LOGGED_OUT,
         "close_not_found": CLOSE_NOT_FOUND,
         "close_too_many": CLOSE_TOO_MANY_SOCKETS,
+        "close_too_slow": CLOSE_TOO_SLOW,
     }

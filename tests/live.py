@@ -81,6 +81,16 @@ class LiveSite:
             capture_output=True,
         )
 
+    def manage_output(self, *args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
     def start(self) -> "LiveSite":
         self.manage("migrate", "--noinput")
         self.manage("createsuperuser", "--noinput")

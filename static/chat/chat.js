@@ -119,6 +119,7 @@
   document.addEventListener("htmx:wsClose", function (event) {
     var code = event.detail.event.code;
     document.getElementById("chat").setAttribute("data-socket", "closed");
+    document.getElementById("chat").setAttribute("data-closed-with", String(code));
     var banner = document.getElementById("connection");
     if (!banner) return;
     if (code === closeCode("logged-out")) {
@@ -130,8 +131,9 @@
     } else {
       banner.textContent = "Connection lost. Reconnecting…";
       if (code === 1009) showNotice("That message was too large to send.");
-      // htmx reconnects by itself only after abnormal closes; a server restart says "going away".
-      if (code === 1001 || code === 1000 || code === 1009) {
+      // htmx reconnects by itself only after abnormal closes; a server restart says "going
+      // away", and a page that fell behind reading is closed as too slow.
+      if (code === 1001 || code === 1000 || code === 1009 || code === closeCode("too-slow")) {
         setTimeout(function () { event.detail.socketWrapper.reconnect(); }, 500);
       }
     }

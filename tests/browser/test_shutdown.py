@@ -51,6 +51,8 @@ def test_sigterm_stores_the_reply_as_interrupted_with_its_text(browser, own_site
     # The page got the final element before its socket closed (1001: it reconnects).
     page.locator("[data-role=assistant][data-status=interrupted]").wait_for(timeout=2_000)
     page.locator("#chat[data-socket=closed]").wait_for(timeout=2_000)
+    assert page.locator("#chat").get_attribute("data-closed-with") == "1001"
+    assert "Exception inside application" not in (own_site.tmp / "daphne.log").read_text()
 
     content, status, error = last_reply(own_site)
     assert status == "interrupted"
