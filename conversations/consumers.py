@@ -85,13 +85,16 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.offsets: dict[int, int] = {}
         self.awaiting_snapshot: set[int] = set()
         self.orphan_check: asyncio.Task | None = None
+        self.syncing: asyncio.Task | None = None
+        self.sync_wanted: dict | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code):
         runtime.socket_closed(self.channel_name)
-        if getattr(self, "orphan_check", None) is not None:
-            self.orphan_check.cancel()
+        for task in (getattr(self, "orphan_check", None), getattr(self, "syncing", None)):
+            if task is not None:
+                task.cancel()
         if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -103,7 +106,12 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if event is None:
             await super().dispatch(message)
         else:
+            await self.after_sync()  # the page sees events in the order they happened
             await getattr(self, get_handler_name(message))(event)
+
+    async def after_sync(self) -> None:
+        if getattr(self, "syncing", None) is not None:
+            await asyncio.wait([self.syncing])
 
     # --- frames from the page ----------------------------------------------------------
 
@@ -144,15 +152,18 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         try:
             await self.act(action, content)
         except Exception:
-            # A bug or an outage must not close the socket (1011): say so, keep it usable.
-            log.exception(
-                "the %s action failed on conversation %s", ascii(action)[:40], self.conversation.pk
-            )
-            await self.notify(
-                "The server could not do that just now. Nothing you sent before was lost; "
-                "try again in a moment.",
-                refused="send" if action == "send" else "",
-            )
+            await self.failed(action)
+
+    async def failed(self, action) -> None:
+        # A bug or an outage must not close the socket (1011): say so, keep it usable.
+        log.exception(
+            "the %s action failed on conversation %s", ascii(action)[:40], self.conversation.pk
+        )
+        await self.notify(
+            "The server could not do that just now. Nothing you sent before was lost; "
+            "try again in a moment.",
+            refused="send" if action == "send" else "",
+        )
 
     async def act(self, action, content):
         if not await session_belongs_to(self.session_key, self.user):
@@ -164,6 +175,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         if handler is None:
             await self.notify(f"Unknown action {ascii(action)[:40]}.")
             return
+        if handler is not ConversationConsumer.sync:
+            await self.after_sync()  # the page's actions keep their order
         await handler(self, content)
 
     async def send_message(self, data):
@@ -197,13 +210,37 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def sync(self, data):
-        """Bring a (re)connected page up to date: messages it lacks, and live snapshots."""
+        """Bring a (re)connected page up to date: messages it lacks, and live snapshots.
+
+        One sync runs at a time per socket; those asked for meanwhile are coalesced
+        into one more, with the latest frame's figures.
+        """
+        self.sync_wanted = data
+        if self.syncing is None:
+            self.syncing = asyncio.ensure_future(self.sync_until_current())
+
+    async def sync_until_current(self):
+        try:
+            while self.sync_wanted is not None:
+                data, self.sync_wanted = self.sync_wanted, None
+                try:
+                    await self.sync_once(data)
+                except Exception:
+                    await self.failed("sync")
+        finally:
+            self.syncing = None
+
+    async def sync_once(self, data):
         since = data.get("since")
         since = min(since, MAX_ID) if type(since) is int else 0
         shown = data.get("shown")
         shown = ids_in(shown) if isinstance(shown, list) else []
-        await database_sync_to_async(runtime.sweep_orphans)(self.conversation.pk)
         state = await database_sync_to_async(self.conversation.sync_state)(since, shown)
+        # A reply still marked streaming may be an orphan of a stopped process: end it first.
+        if state.streaming and await database_sync_to_async(runtime.sweep_orphans)(
+            self.conversation.pk
+        ):
+            state = await database_sync_to_async(self.conversation.sync_state)(since, shown)
         # Messages gone while the page was away (a reply regenerated in another tab).
         if state.gone:
             await self.send(removed_html(state.gone))

@@ -328,3 +328,31 @@ async def test_a_user_may_keep_only_so_many_sockets_open(conversation, user, con
     fourth = await connect(conversation, user)  # one closed: room again
     for socket in (sockets[1], fourth):
         await socket.disconnect()
+
+
+async def test_syncs_asked_for_while_one_runs_are_coalesced_into_one(
+    conversation, user, connect, monkeypatch
+):
+    from conversations.consumers import ConversationConsumer
+
+    release, ran = asyncio.Event(), []
+    real_sync_once = ConversationConsumer.sync_once
+
+    async def slow_sync_once(self, data):
+        ran.append(data["since"])
+        await release.wait()
+        await real_sync_once(self, data)
+
+    monkeypatch.setattr(ConversationConsumer, "sync_once", slow_sync_once)
+    socket = await connect(conversation, user)
+    for since in range(1, 11):
+        await send(socket, action="sync", since=since)
+    await send(socket, action="stop")  # waits for the syncs: the page's order holds
+    await asyncio.sleep(0.2)
+    assert ran == [1]
+    assert await socket.receive_nothing(0.1)
+    release.set()
+    notice = await socket.receive_from()
+    assert "no reply to stop" in notice
+    assert ran == [1, 10]  # ten asked for: the one running, then one with the latest figures
+    await socket.disconnect()
