@@ -252,6 +252,8 @@ CHAT_CONCURRENT_REPLIES = int(env("CHAT_CONCURRENT_REPLIES", "3"))
 # sockets in one process.
 CHAT_SOCKET_ACTIONS_PER_SECOND = env_float("CHAT_SOCKET_ACTIONS_PER_SECOND", 5.0)
 CHAT_SOCKETS_PER_USER = int(env("CHAT_SOCKETS_PER_USER", "20"))
+# Per user, over all their sockets: syncs (a page catching up) a second on average.
+CHAT_SYNCS_PER_SECOND = env_float("CHAT_SYNCS_PER_SECOND", 2.0)
 # Per socket: characters queued once the connection's send buffer is full, before the
 # socket is closed as too slow (its page reconnects and catches up).
 CHAT_SOCKET_BACKLOG_BYTES = int(env("CHAT_SOCKET_BACKLOG_BYTES", str(4 * 1024 * 1024)))

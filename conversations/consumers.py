@@ -10,7 +10,6 @@ it joined.
 import asyncio
 import json
 import logging
-import time
 from importlib import import_module
 from types import SimpleNamespace
 
@@ -44,7 +43,7 @@ from .page import (
     max_frame_chars,
 )
 from .rendering import added_html, message_html, notice_html, removed_html
-from .runtime import runtime
+from .runtime import TokenBucket, runtime
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +148,17 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content, **kwargs):
         action = content.get("action")
+        handler = self.ACTIONS.get(action) if isinstance(action, str) else None
         try:
-            await self.act(action, content)
+            if handler is None:
+                await self.notify(f"Unknown action {ascii(action)[:40]}.")
+            elif handler is ConversationConsumer.sync:
+                await self.sync(content)  # coalesced: checked and run by its own task
+            else:
+                await self.after_sync()  # the page's actions keep their order
+                async with runtime.turn(self.user.pk):
+                    if await self.still_logged_in():
+                        await handler(self, content)
         except Exception:
             await self.failed(action)
 
@@ -165,19 +173,14 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             refused="send" if action == "send" else "",
         )
 
-    async def act(self, action, content):
-        if not await session_belongs_to(self.session_key, self.user):
-            # Logged out (or the password changed) elsewhere: this socket's rights end too.
-            await self.notify("You have been logged out. Reload the page to log in again.")
-            await self.close(code=CLOSE_LOGGED_OUT)
-            return
-        handler = self.ACTIONS.get(action) if isinstance(action, str) else None
-        if handler is None:
-            await self.notify(f"Unknown action {ascii(action)[:40]}.")
-            return
-        if handler is not ConversationConsumer.sync:
-            await self.after_sync()  # the page's actions keep their order
-        await handler(self, content)
+    async def still_logged_in(self) -> bool:
+        """Whether the socket's session still logs its user in, read afresh; else it closes."""
+        if await session_belongs_to(self.session_key, self.user):
+            return True
+        # Logged out (or the password changed) elsewhere: this socket's rights end too.
+        await self.notify("You have been logged out. Reload the page to log in again.")
+        await self.close(code=CLOSE_LOGGED_OUT)
+        return False
 
     async def send_message(self, data):
         model = self.conversation.model or await runtime.default_model()
@@ -222,9 +225,15 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def sync_until_current(self):
         try:
             while self.sync_wanted is not None:
+                # The expensive action: CHAT_SYNCS_PER_SECOND per user, over all sockets.
+                while (wait := runtime.sync_delay(self.user.pk)) > 0:  # noqa: ASYNC110 (time refills it)
+                    await asyncio.sleep(wait)
                 data, self.sync_wanted = self.sync_wanted, None
                 try:
-                    await self.sync_once(data)
+                    async with runtime.turn(self.user.pk):
+                        if not await self.still_logged_in():
+                            return
+                        await self.sync_once(data)
                 except Exception:
                     await self.failed("sync")
         finally:
@@ -323,23 +332,6 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def site_closing(self, event: SiteClosing):
         await self.close(code=CLOSE_GOING_AWAY)
-
-
-class TokenBucket:
-    """``rate`` actions a second on average, ``burst`` at once."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self.tokens, self.at = float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 MAX_ID = 2**63 - 1  # the database's largest key

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 
 import httpx
 from channels.db import database_sync_to_async
@@ -37,6 +38,9 @@ class Runtime:
         self.replies: dict = {}  # message id -> replies.ReplyStream
         self.sockets: dict[str, int] = {}  # this process's open sockets: channel -> user id
         self._sockets_per_user: collections.Counter[int] = collections.Counter()
+        self._turns: dict[int, asyncio.Lock] = {}
+        self._syncs: dict[int, TokenBucket] = {}  # per user
+        self._turn_takers: collections.Counter[int] = collections.Counter()
         self._started = False
         self._checkpoints: asyncio.Task | None = None
         # An AsyncClient's pool belongs to the event loop it first ran on.
@@ -141,6 +145,39 @@ class Runtime:
             self._sockets_per_user[user_id] -= 1
             if not self._sockets_per_user[user_id]:
                 del self._sockets_per_user[user_id]
+                self._syncs.pop(user_id, None)
+
+    def sync_delay(self, user_id: int) -> float:
+        """0 when a sync of ``user_id`` may run now (it is counted); else seconds to wait.
+
+        A sync reads and renders the page's whole conversation: each user has
+        CHAT_SYNCS_PER_SECOND over all their sockets, four times as many at once.
+        """
+        bucket = self._syncs.get(user_id)
+        if bucket is None:
+            rate = settings.CHAT_SYNCS_PER_SECOND
+            bucket = self._syncs[user_id] = TokenBucket(rate, burst=max(1, round(rate * 4)))
+        return bucket.delay()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, user_id: int):
+        """One socket action at a time per user in this process.
+
+        The database thread serves requests in the order they come: a user with many
+        sockets sending as fast as they can would queue ahead of every other user's
+        page. Taking turns, they have at most one action waiting on it.
+        """
+        lock = self._turns.get(user_id)
+        if lock is None:
+            lock = self._turns[user_id] = asyncio.Lock()
+        self._turn_takers[user_id] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._turn_takers[user_id] -= 1
+            if not self._turn_takers[user_id]:
+                del self._turn_takers[user_id], self._turns[user_id]
 
     # --- the upstream ------------------------------------------------------------------
 
@@ -229,6 +266,27 @@ class Runtime:
             ended = Message.objects.filter(pk__in=ids, status=Message.Status.INTERRUPTED)
             ids = list(ended.values_list("pk", flat=True))
         return ids
+
+
+class TokenBucket:
+    """``rate`` actions a second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        return self.delay() == 0
+
+    def delay(self) -> float:
+        """0 when an action is taken now; otherwise the seconds until one can be."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return (1 - self.tokens) / self.rate
+        self.tokens -= 1
+        return 0.0
 
 
 runtime = Runtime()

@@ -356,3 +356,38 @@ async def test_syncs_asked_for_while_one_runs_are_coalesced_into_one(
     assert "no reply to stop" in notice
     assert ran == [1, 10]  # ten asked for: the one running, then one with the latest figures
     await socket.disconnect()
+
+
+async def test_syncs_are_budgeted_per_user_over_all_their_sockets(
+    conversation, user, other_user, connect, settings
+):
+    settings.CHAT_SYNCS_PER_SECOND = 0.5  # two at once, then one every 2 s
+    await database_sync_to_async(Message.objects.create)(
+        conversation=conversation, role=Message.Role.USER, content="hello"
+    )
+    sockets = [await connect(conversation, user) for _ in range(5)]
+    for socket in sockets:
+        await send(socket, action="sync", since=0, shown=[])
+    await asyncio.sleep(0.5)
+    answered = [not await socket.receive_nothing(0) for socket in sockets]
+    assert sum(answered) == 2  # the others wait for the user's budget, a token every 2 s
+
+    # Another user's page is not kept waiting by it.
+    theirs = await database_sync_to_async(Conversation.objects.create)(owner=other_user, model="m")
+    await database_sync_to_async(Message.objects.create)(
+        conversation=theirs, role=Message.Role.USER, content="hi"
+    )
+    other = await connect(theirs, other_user)
+    await send(other, action="sync", since=0, shown=[])
+    assert "hi" in await other.receive_from()
+    for socket in [*sockets, other]:
+        await socket.disconnect()
+
+
+def test_a_token_bucket_says_how_long_to_wait():
+    from conversations.runtime import TokenBucket
+
+    bucket = TokenBucket(rate=2, burst=2)
+    assert bucket.delay() == 0 and bucket.delay() == 0
+    assert 0.4 < bucket.delay() <= 0.5  # half a second to the next token
+    assert not bucket.take()
