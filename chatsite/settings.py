@@ -209,6 +209,8 @@ LOGGING = {
         "chatsite": {"handlers": ["console"], "level": env("CHAT_LOG_LEVEL", "INFO")},
         # httpx logs every request URL at INFO; keep it quiet.
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},  # the MCP SDK's HTTP client
+        "mcp": {"level": "WARNING"},
     },
 }
 
@@ -258,6 +260,20 @@ CHAT_SYNCS_PER_SECOND = env_float("CHAT_SYNCS_PER_SECOND", 2.0)
 # socket is closed as too slow (its page reconnects and catches up).
 CHAT_SOCKET_BACKLOG_BYTES = int(env("CHAT_SOCKET_BACKLOG_BYTES", str(4 * 1024 * 1024)))
 # Whether people can create their own accounts (otherwise an administrator does).
+# Tools for the model from MCP servers: a JSON file in the common `mcpServers` format.
+# Empty means the site's own small server (current time, calculator); "off" means none.
+CHAT_MCP_CONFIG = env("CHAT_MCP_CONFIG")
+# Seconds a tool call may run, and the characters of its result the model gets back.
+CHAT_TOOL_TIMEOUT = env_float("CHAT_TOOL_TIMEOUT", 30.0)
+CHAT_TOOL_MAX_RESULT_CHARS = int(env("CHAT_TOOL_MAX_RESULT_CHARS", "20000"))
+# Upstream requests of one reply that may end in tool calls; the next one is offered none.
+CHAT_TOOL_MAX_ROUNDS = int(env("CHAT_TOOL_MAX_ROUNDS", "8"))
+# Seconds a call that asks the user first waits for Allow or Deny before it is denied.
+CHAT_TOOL_CONFIRM_TIMEOUT = env_float("CHAT_TOOL_CONFIRM_TIMEOUT", 300.0)
+# Seconds to open an MCP server's session, and between attempts at one that failed.
+CHAT_TOOL_CONNECT_TIMEOUT = env_float("CHAT_TOOL_CONNECT_TIMEOUT", 10.0)
+CHAT_TOOL_RETRY_INTERVAL = env_float("CHAT_TOOL_RETRY_INTERVAL", 5.0)
+
 CHAT_ALLOW_SIGNUP = env_bool("CHAT_ALLOW_SIGNUP", False)
 # Failed logins within the window (seconds), per account (username, case-insensitively)
 # and per client address, counted in the database (so across processes). Past either

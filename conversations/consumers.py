@@ -22,11 +22,13 @@ from django.contrib import auth
 from . import replies
 from .events import (
     TO_SOCKETS,
+    DecideToolCall,
     ReplyDelta,
     ReplyFinished,
     ReplySnapshot,
     ReplyStarted,
     ReplyStatus,
+    ReplyTools,
     SiteClosing,
     StopReply,
     SyncReply,
@@ -212,6 +214,21 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             reply_group(self.conversation.pk), StopReply().as_message()
         )
 
+    async def decide_tool_call(self, data):
+        """Allow or Deny a tool call that waits for the user (the first answer counts)."""
+        message_id, call_id, allow = message_id_of(data), data.get("call_id"), data.get("allow")
+        if not isinstance(call_id, str) or not call_id or len(call_id) > 200:
+            call_id = None
+        allow = {"yes": True, "no": False, True: True, False: False}.get(allow)
+        if message_id is None or call_id is None or allow is None:
+            await self.notify("That tool call decision could not be read.")
+            return
+        if not await has_streaming_reply(self.conversation.pk, message_id):
+            await self.notify("That reply has ended; its tool call no longer waits.", level="info")
+            return
+        event = DecideToolCall(message_id, call_id, allow)
+        await self.channel_layer.group_send(reply_group(self.conversation.pk), event.as_message())
+
     async def sync(self, data):
         """Bring a (re)connected page up to date: messages it lacks, and live snapshots.
 
@@ -266,6 +283,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         "sync": sync,
         "continue": continue_reply,
         "regenerate": regenerate_reply,
+        "decide": decide_tool_call,
     }
 
     async def request_snapshot(self, message_id: int):
@@ -325,6 +343,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def reply_status(self, event: ReplyStatus):
         await self.send(event.html)
 
+    async def reply_tools(self, event: ReplyTools):
+        await self.send(event.html)
+
     async def reply_finished(self, event: ReplyFinished):
         self.offsets.pop(event.message_id, None)
         self.awaiting_snapshot.discard(event.message_id)
@@ -368,8 +389,11 @@ def get_conversation(user, conversation_id) -> Conversation | None:
 
 
 @database_sync_to_async
-def has_streaming_reply(conversation_id: int) -> bool:
-    return Message.objects.filter(conversation_id=conversation_id).streaming().exists()
+def has_streaming_reply(conversation_id: int, message_id: int | None = None) -> bool:
+    replies = Message.objects.filter(conversation_id=conversation_id).streaming()
+    if message_id is not None:
+        replies = replies.filter(pk=message_id)
+    return replies.exists()
 
 
 @database_sync_to_async

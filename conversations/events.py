@@ -74,6 +74,16 @@ class ReplyStatus(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyTools(Event):
+    """The reply's tool calls changed (asked for, waiting for the user, running, answered):
+    ``html`` replaces its tool calls on the page."""
+
+    type: ClassVar[str] = "reply.tools"
+    message_id: int
+    html: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyFinished(Event):
     """The reply ended and is stored; ``html`` is its final element."""
 
@@ -106,11 +116,29 @@ class SyncReply(Event):
     reply_to: str
 
 
+@dataclass(frozen=True, slots=True)
+class DecideToolCall(Event):
+    """The user allowed (or denied) the tool call ``call_id`` of reply ``message_id``."""
+
+    type: ClassVar[str] = "reply.decide"
+    message_id: int
+    call_id: str
+    allow: bool
+
+
 TO_SOCKETS = {
     e.type: e
-    for e in (ReplyStarted, ReplyDelta, ReplySnapshot, ReplyStatus, ReplyFinished, SiteClosing)
+    for e in (
+        ReplyStarted,
+        ReplyDelta,
+        ReplySnapshot,
+        ReplyStatus,
+        ReplyTools,
+        ReplyFinished,
+        SiteClosing,
+    )
 }
-TO_REPLIES = {e.type: e for e in (StopReply, SyncReply)}
+TO_REPLIES = {e.type: e for e in (StopReply, SyncReply, DecideToolCall)}
 
 
 def parse(message: dict, kinds: dict[str, type[Event]]) -> Event | None:

@@ -110,6 +110,8 @@ class Conversation(models.Model):
     title = models.CharField(max_length=200, blank=True)
     model = models.CharField(max_length=200, blank=True, help_text="Model name sent upstream.")
     system_prompt = models.TextField(blank=True)
+    # The tools its owner switched off for it (their names as offered to the model).
+    disabled_tools = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -171,10 +173,10 @@ class Conversation(models.Model):
     def prompt(self, continuing: "Message | None" = None) -> list[dict]:
         """The messages sent upstream for the next reply (or to carry ``continuing`` on)."""
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        history = [m.to_openai() for m in self.messages.for_prompt()]
+        history = [part for m in self.messages.for_prompt() for part in m.to_openai()]
         if continuing is not None:
             # The history leaves out streaming rows, so the text so far is added back here.
-            history.append({"role": "assistant", "content": continuing.content})
+            history.extend(continuing.to_openai())
             history.append({"role": "user", "content": CONTINUE_INSTRUCTION})
         return system + history
 
@@ -400,13 +402,13 @@ class MessageQuerySet(models.QuerySet):
         )
 
     def for_prompt(self):
-        """The history sent upstream: finished messages that have text, oldest first.
+        """The history sent upstream: finished messages that have text or tool rounds.
 
-        Tool calls are not sent back: the site does not run tools, and an
-        assistant message with tool calls but no tool results is refused by
-        OpenAI-compatible servers.
+        Calls that were asked for and not run are not sent back: an assistant message
+        with tool calls but no tool results is refused by OpenAI-compatible servers.
         """
-        return self.exclude(status=Message.Status.STREAMING).exclude(content="").order_by("pk")
+        finished = self.exclude(status=Message.Status.STREAMING)
+        return finished.exclude(Q(content="") & Q(tool_rounds__isnull=True)).order_by("pk")
 
 
 class Message(models.Model):
@@ -431,7 +433,10 @@ class Message(models.Model):
     # A reasoning model's thinking: shown above the answer, never sent back upstream.
     reasoning = models.TextField(blank=True)
     reasoning_seconds = models.FloatField(null=True, blank=True)
-    tool_calls = models.JSONField(null=True, blank=True)
+    tool_calls = models.JSONField(null=True, blank=True)  # asked for, and not run
+    # The tool rounds of a reply, in order: the text written before each round's calls,
+    # and each call with its arguments, state and result (see ToolRound).
+    tool_rounds = models.JSONField(null=True, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -493,6 +498,7 @@ class Message(models.Model):
         reasoning="",
         reasoning_seconds=None,
         tool_calls=None,
+        tool_rounds=None,
         finish_reason="",
         usage=None,
         error="",
@@ -503,6 +509,7 @@ class Message(models.Model):
         self.reasoning = reasoning
         self.reasoning_seconds = reasoning_seconds
         self.tool_calls = tool_calls or None
+        self.tool_rounds = tool_rounds or None
         self.finish_reason = (finish_reason or "")[
             : Message._meta.get_field("finish_reason").max_length
         ]
@@ -519,6 +526,7 @@ class Message(models.Model):
             "reasoning_seconds",
             "reasoning_tokens",
             "tool_calls",
+            "tool_rounds",
             "finish_reason",
             "prompt_tokens",
             "completion_tokens",
@@ -536,6 +544,13 @@ class Message(models.Model):
         self.checkpoint_at = timezone.now()
         Message.objects.filter(pk=self.pk, status=self.Status.STREAMING).update(
             content=content, checkpoint_at=self.checkpoint_at
+        )
+
+    def save_tool_rounds(self, content: str, tool_rounds: list[dict]) -> None:
+        """Store the text and tool rounds so far, before and after each call runs: a reload
+        shows them, and a call is never run again."""
+        Message.objects.filter(pk=self.pk, status=self.Status.STREAMING).update(
+            content=content, tool_rounds=tool_rounds, checkpoint_at=timezone.now()
         )
 
     @classmethod
@@ -565,18 +580,89 @@ class Message(models.Model):
     @property
     def can_continue(self) -> bool:
         """A reply that ended early can be continued where it stopped."""
-        if self.role != self.Role.ASSISTANT or not self.content:
+        if self.role != self.Role.ASSISTANT or not (self.content or self.tool_rounds):
             return False
         early = self.status in (self.Status.INTERRUPTED, self.Status.STOPPED)
         return early or self.finish_reason == "length"
 
-    def to_openai(self) -> dict:
-        """The message in a request. Reasoning stays out (models imitate it), unless the
-        server wants it back (CHAT_SEND_REASONING)."""
+    def to_openai(self) -> list[dict]:
+        """The message in a request: one, or for a reply with tool rounds, each round's
+        assistant message with its calls and one tool message per call, then the rest.
+
+        Reasoning stays out (models imitate it), unless the server wants it back
+        (CHAT_SEND_REASONING).
+        """
+        return tool_round_messages(self.content, self.tool_rounds or [], self._openai_tail())
+
+    def _openai_tail(self) -> dict:
         message = {"role": self.role, "content": self.content}
         if self.reasoning and settings.CHAT_SEND_REASONING:
             message["reasoning_content"] = self.reasoning
         return message
+
+
+def tool_round_messages(text: str, rounds: list[dict], tail: dict | None, start: int = 0):
+    """OpenAI messages of a reply's ``text`` (from ``start``) with its tool ``rounds``.
+
+    Each round is the assistant message that asked for its calls, then one tool message
+    per call. ``tail`` (a message dict of the whole reply) carries the text after the
+    last round, if there is some; None leaves it out (the reply is still being written).
+    """
+    messages = []
+    for round_ in rounds:
+        end = round_["text_end"]
+        calls = round_["calls"]
+        messages.append(
+            {
+                "role": "assistant",
+                "content": text[start:end].strip() or None,
+                "tool_calls": [
+                    {
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["name"], "arguments": call["arguments"]},
+                    }
+                    for call in calls
+                ],
+            }
+        )
+        messages.extend(
+            {"role": "tool", "tool_call_id": call["id"], "content": tool_result_text(call)}
+            for call in calls
+        )
+        start = end
+    if tail is not None and (not rounds or text[start:].strip()):
+        messages.append({**tail, "content": text[start:].lstrip() if rounds else text[start:]})
+    return messages
+
+
+# What the model is told of a call that did not answer (by the state it was left in).
+TOOL_CALL_ENDED_EARLY = {
+    "asked": "The call was not run: the reply ended before it could be.",
+    "waiting": "The call was not run: the reply ended before the user allowed it.",
+    "not_run": "The call was not run: the reply ended before it could be.",
+    "denied": "The user denied this tool call; it was not run.",
+    "running": (
+        "The call was interrupted before it answered; it may or may not have taken effect."
+    ),
+    "interrupted": (
+        "The call was interrupted before it answered; it may or may not have taken effect."
+    ),
+    "stopped": (
+        "The user stopped the reply while the call ran; it may or may not have taken effect."
+    ),
+}
+
+
+def tool_result_text(call: dict) -> str:
+    """What the model is told a call returned."""
+    state = call.get("state", "")
+    if state in TOOL_CALL_ENDED_EARLY:
+        return TOOL_CALL_ENDED_EARLY[state]
+    result = call.get("result", "")
+    if state == "error":
+        return f"Error: {result}" if result else "Error: the tool failed."
+    return result
 
 
 class UpstreamRequest(models.Model):
@@ -675,3 +761,54 @@ class LoginFailure(models.Model):
 
     def __str__(self):
         return f"{self.scope} {self.key} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+@dataclass(frozen=True)
+class ToolPolicy:
+    """Which tools a reply offers, and which of them ask the user before they run."""
+
+    switched_off: frozenset[str] = frozenset()  # function names, by the conversation's owner
+    settings: dict = field(default_factory=dict)  # (server, tool) -> ToolSetting
+
+    @classmethod
+    def for_conversation(cls, conversation_id: int) -> "ToolPolicy":
+        disabled = Conversation.objects.filter(pk=conversation_id).values_list(
+            "disabled_tools", flat=True
+        )
+        rows = {(row.server, row.tool): row for row in ToolSetting.objects.all()}
+        names = next(iter(disabled), None) or []
+        return cls(frozenset(n for n in names if isinstance(n, str)), rows)
+
+    def offers(self, tool) -> bool:
+        row = self.settings.get((tool.server, tool.name))
+        return (row is None or row.enabled) and tool.function_name not in self.switched_off
+
+    def asks(self, tool) -> bool:
+        """A tool that may change things asks first, unless an administrator allowed it."""
+        if tool.read_only:
+            return False
+        row = self.settings.get((tool.server, tool.name))
+        return row is None or not row.allowed_without_asking
+
+
+class ToolSetting(models.Model):
+    """An administrator's word on one tool of an MCP server: off, or allowed without asking.
+
+    A tool with no row is on, and asks before it runs unless its server marks it read-only.
+    """
+
+    server = models.CharField(max_length=100)
+    tool = models.CharField(max_length=200)
+    enabled = models.BooleanField(default=True, help_text="Offered to the model.")
+    allowed_without_asking = models.BooleanField(
+        default=False, help_text="Runs without asking the user, even if it may change things."
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["server", "tool"], name="one_setting_per_tool")
+        ]
+        ordering = ["server", "tool"]
+
+    def __str__(self):
+        return f"{self.server} / {self.tool}"

@@ -49,6 +49,11 @@ class MessageIds:
     # summary line ("Thinking…", "Thought for 4 s").
 
     @property
+    def tools(self) -> str:
+        """The reply's tool calls, between its reasoning and its message element."""
+        return f"message-{self.pk}-tools"
+
+    @property
     def reasoning(self) -> str:
         return f"message-{self.pk}-reasoning"
 

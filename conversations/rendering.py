@@ -566,6 +566,11 @@ def reasoning_html(message, rendered: str = "", tail: str = "") -> str:
     return _partial("reasoning", context)
 
 
+def tools_html(message) -> str:
+    """The reply's tool calls, each with its arguments, state and result."""
+    return _partial("tools", {"message": message})
+
+
 def thought_html(message) -> str:
     """The reasoning block's summary line: "Thinking…", then "Thought for N s"."""
     return _partial("thought", {"message": message})

@@ -21,6 +21,7 @@ from django.conf import settings
 from . import upstream
 from .events import (
     TO_REPLIES,
+    DecideToolCall,
     ReplyDelta,
     ReplyFinished,
     ReplySnapshot,
@@ -32,7 +33,7 @@ from .events import (
     reply_group,
     sockets_group,
 )
-from .models import Message, StartedReply
+from .models import Message, StartedReply, tool_round_messages
 from .rendering import (
     StreamingRenderer,
     delta_html,
@@ -43,6 +44,7 @@ from .rendering import (
     thought_html,
 )
 from .runtime import SHUTDOWN_ERROR, runtime
+from .tool_calls import ToolRunner
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,11 @@ class Reply:
         self.reasoning_seconds = message.reasoning_seconds  # from the first reasoning to the answer
         self.finish_reason = ""
         self.usage: upstream.Usage | None = None  # of this request
-        self.earlier_usage = _usage_of(message)  # of the requests before a continue
+        self.earlier_usage = _usage_of(message)  # of the requests before this one
+        self.rounds: list[dict] = [dict(r) for r in message.tool_rounds or []]
         self._calls: dict[int, dict] = {}
+        self._slots: dict[int, int] = {}  # a call's index upstream -> its key in _calls
+        self._usage_lost = False  # a request of this reply sent no usage
         self._text_from = len(self.text)  # where this request's text starts
         self._thinking_since: float | None = None
         self._text_since: float | None = None
@@ -102,9 +107,18 @@ class Reply:
                 self.end_thinking()
                 return True
             case upstream.ToolCallDelta(index, call_id, name, arguments):
-                call = self._calls.setdefault(
-                    index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
-                )
+                slot = self._slots.get(index, index)
+                call = self._calls.get(slot)
+                if call is not None and call_id and call["id"] and call_id != call["id"]:
+                    # Some servers send index 0 for every call: a new id is a new call.
+                    slot = self._slots[index] = max(self._calls) + 1
+                    call = None
+                if call is None:
+                    call = self._calls[slot] = {
+                        "id": "",
+                        "type": "function",
+                        "function": {"name": "", "arguments": ""},
+                    }
                 # The id and name come once; some servers repeat them, so the first wins.
                 call["id"] = call["id"] or call_id or ""
                 call["function"]["name"] = call["function"]["name"] or name or ""
@@ -114,6 +128,41 @@ class Reply:
             case upstream.Usage():
                 self.usage = event
         return False
+
+    def begin_round(self) -> list[dict]:
+        """The calls this request asked for become a tool round; its calls, to run."""
+        ids = set()
+        calls = [
+            {
+                "id": _unique(call["id"], ids),
+                "name": call["function"]["name"],
+                "arguments": call["function"]["arguments"],
+                "state": "asked",
+                "result": "",
+                "seconds": None,
+            }
+            for call in self.tool_calls
+        ]
+        self.rounds.append({"text_end": len(self.text), "calls": calls})
+        self._calls, self._slots = {}, {}
+        return calls
+
+    def next_request(self) -> None:
+        """Another upstream request of the same reply begins, after a tool round."""
+        if self.usage is None:
+            self._usage_lost = True
+        self.earlier_usage, self.usage = self.total_usage, None
+        self.finish_reason = ""
+        if self.text and not self.text.endswith("\n\n"):
+            self.text += "\n\n"  # what the model writes next is a new paragraph
+        self._text_from = len(self.text)
+
+    def end_tool_calls(self, state: str) -> None:
+        """The reply ended: calls not answered keep the state they were left in."""
+        left = {"asked": "not_run", "waiting": "not_run", "running": state}
+        for round_ in self.rounds:
+            for call in round_["calls"]:
+                call["state"] = left.get(call["state"], call["state"])
 
     def end_thinking(self) -> None:
         """The answer begins (or the reply ends): the reasoning's time is counted."""
@@ -132,6 +181,8 @@ class Reply:
 
     @property
     def total_usage(self) -> upstream.Usage | None:
+        if self._usage_lost:
+            return None  # a request's tokens are unknown, so the sum is too
         return add_usage(self.earlier_usage, self.usage)
 
 
@@ -140,13 +191,14 @@ class ReplyStream:
 
     def __init__(self, message: Message, prompt: list[dict]):
         self.message = message
-        self.prompt = prompt
+        self.prompt = prompt  # the conversation so far; tool rounds of this run follow it
         self.reply = Reply(message)
         self.layer = get_channel_layer()
         self.publisher = Publisher(message, self.reply, self.layer)
         self.task: asyncio.Task | None = None
         self._stopped: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
         self._control = ""  # this reply's channel in the conversation's reply group
+        self.tools = ToolRunner(self)
 
     async def start(self, html: str) -> None:
         """Join the reply group first, so that a stop sent right away is heard."""
@@ -197,6 +249,8 @@ class ReplyStream:
                     self.stop()
                 case SyncReply(reply_to):
                     self.publisher.sync(reply_to)
+                case DecideToolCall(message_id, call_id, allow) if message_id == self.message.pk:
+                    self.tools.decide(call_id, allow)
 
     # --- reading the upstream ----------------------------------------------------------
 
@@ -204,7 +258,7 @@ class ReplyStream:
         limit = settings.CHAT_REPLY_TIMEOUT
         try:
             async with asyncio.timeout(limit):
-                await self._stream_with_retries()
+                await self._write()
         except TimeoutError:
             error = f"The reply took longer than the {limit:g}-second limit and was cut off."
             return Ending(Message.Status.INTERRUPTED, error)
@@ -217,34 +271,71 @@ class ReplyStream:
             return Ending(Message.Status.FAILED, "The reply failed because of an internal error.")
         return Ending(Message.Status.COMPLETE)
 
-    async def _stream_with_retries(self) -> None:
-        """Stream the reply; a retryable failure before any event is retried with backoff."""
-        attempt, waited = 1, 0.0
+    async def _write(self) -> None:
+        """Stream the reply; when the model asks for tools, run them and stream on.
+
+        Each round's calls and results join the next request. Rounds are bounded
+        (CHAT_TOOL_MAX_ROUNDS): the request after the last one offers no tools.
+        """
         base_url = runtime.base_url()
+        offered = await self.tools.offer(base_url, self.message.model)
+        text_from, rounds_from = len(self.reply.text), len(self.reply.rounds)
+        while True:
+            last = len(self.reply.rounds) - rounds_from >= settings.CHAT_TOOL_MAX_ROUNDS
+            rounds = self.reply.rounds[rounds_from:]
+            messages = self.prompt + tool_round_messages(self.reply.text, rounds, None, text_from)
+            offered = await self._stream_with_retries(base_url, messages, offered, last=last)
+            if not (offered and self.reply.tool_calls) or last:
+                return  # calls asked for without tools offered are kept, not run
+            await self.tools.run(self.reply.begin_round())
+            self.reply.next_request()
+            self.publisher.wake()
+
+    async def _stream_with_retries(
+        self, base_url: str, messages: list[dict], offered: list[dict], *, last: bool
+    ) -> list[dict]:
+        """Stream one request; a retryable failure before any event is retried with backoff.
+
+        Returns the tools still offered (none, once the server refused them).
+        """
+        attempt, waited = 1, 0.0
         while True:
             received = False
             include_usage = base_url not in runtime.without_stream_options
+            extra = {}
+            if offered:
+                extra = {"tools": offered, "tool_choice": "none" if last else "auto"}
             try:
                 events = upstream.stream_chat(
                     base_url,
                     client=runtime.http(),
                     model=self.message.model,
-                    messages=self.prompt,
+                    messages=messages,
                     api_key=settings.OPENAI_API_KEY,
                     idle_timeout=settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
                     include_usage=include_usage,
+                    extra=extra,
                 )
                 async with contextlib.aclosing(events):
                     async for event in events:
                         received = True
                         if self.reply.feed(event):
                             self.publisher.wake()
-                return
+                return offered
             except upstream.UpstreamError as error:
                 if include_usage and not received and error.names("stream_options"):
                     # Some servers refuse it (HTTP 400): ask again without, and remember.
                     log.warning("%s refuses stream_options; usage will be unknown", base_url)
                     runtime.without_stream_options.add(base_url)
+                    continue
+                if offered and not received and error.names("tool"):
+                    # A server or model without tool support: ask again without, and remember.
+                    log.warning("%s refuses tools for %s", base_url, self.message.model)
+                    runtime.without_tools.add((base_url, self.message.model))
+                    offered = []
+                    await self.publisher.status(
+                        "This model's server does not take tools; answering without them."
+                    )
                     continue
                 # Once anything arrived, a retry would duplicate text (and billing).
                 delay = None if received else retry_delay(error, attempt, waited)
@@ -277,6 +368,8 @@ class ReplyStream:
     async def _store(self, ending: Ending) -> None:
         """The one write; should it fail, the text is stored as failed, with the reason."""
         self.reply.end_thinking()
+        stopped = ending.status == Message.Status.STOPPED
+        self.reply.end_tool_calls("stopped" if stopped else "interrupted")
         finish = database_sync_to_async(self.message.finish)
         try:
             await finish(
@@ -285,6 +378,7 @@ class ReplyStream:
                 reasoning=self.reply.reasoning,
                 reasoning_seconds=self.reply.reasoning_seconds,
                 tool_calls=self.reply.tool_calls,
+                tool_rounds=self.reply.rounds,
                 finish_reason=self.reply.finish_reason,
                 usage=self.reply.total_usage,
                 error=ending.error,
@@ -298,6 +392,7 @@ class ReplyStream:
                 status=Message.Status.FAILED,
                 content=self.reply.text,
                 reasoning=self.reply.reasoning,
+                tool_rounds=self.reply.rounds,
                 error=error,
             )
         except Exception:
@@ -483,6 +578,16 @@ def add_usage(first: upstream.Usage | None, second: upstream.Usage | None):
         add(first.total_tokens, second.total_tokens),
         add(first.reasoning_tokens, second.reasoning_tokens),
     )
+
+
+def _unique(call_id: str, taken: set[str]) -> str:
+    """A call's id, made unique within its round (a Deny must reach the right call)."""
+    unique, n = call_id, 1
+    while unique in taken:
+        n += 1
+        unique = f"{call_id}_{n}"
+    taken.add(unique)
+    return unique
 
 
 def _usage_of(message: Message) -> upstream.Usage | None:

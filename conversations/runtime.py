@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from . import demo, upstream
+from . import demo, tools, upstream
 from .events import SiteClosing
 from .models import Message
 
@@ -48,6 +48,10 @@ class Runtime:
         self._first_models: dict[str, str] = {}
         self.without_stream_options: set[str] = set()  # base URLs that refuse it
         self._demo: demo.ServerThread | None = None
+        # The MCP servers' sessions belong to the event loop that opened them.
+        self._tools: tuple[asyncio.AbstractEventLoop, tools.ToolServers] | None = None
+        self.tool_config_error = ""  # why CHAT_MCP_CONFIG could not be used
+        self.without_tools: set[tuple[str, str]] = set()  # (base URL, model) refusing them
 
     # --- start and shutdown -------------------------------------------------------------
 
@@ -115,6 +119,7 @@ class Runtime:
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
         await self._close_sockets()
+        await self.close_tool_servers()
         if self._http is not None:
             _, client = self._http
             self._http = None
@@ -214,6 +219,53 @@ class Runtime:
                 return ""
             self._first_models[base_url] = models[0] if models else ""
         return self._first_models[base_url]
+
+    # --- tools ---------------------------------------------------------------------
+
+    def tool_servers(self) -> "tools.ToolServers | None":
+        """The MCP servers of CHAT_MCP_CONFIG (sessions open lazily), or None for no tools."""
+        loop = asyncio.get_running_loop()
+        if self._tools is None or self._tools[0] is not loop:
+            configs = self._tool_configs()
+            if configs is None:
+                return None
+            servers = tools.ToolServers(
+                configs,
+                connect_timeout=settings.CHAT_TOOL_CONNECT_TIMEOUT,
+                retry_interval=settings.CHAT_TOOL_RETRY_INTERVAL,
+            )
+            self._tools = (loop, servers)
+        return self._tools[1]
+
+    def tool_states(self) -> list:
+        """How each configured tool server is doing (empty before the first reply asks)."""
+        return self._tools[1].states() if self._tools is not None else []
+
+    def _tool_configs(self) -> "dict[str, tools.ServerConfig] | None":
+        setting = (settings.CHAT_MCP_CONFIG or "").strip()
+        if setting.lower() == "off":
+            return None
+        if not setting:
+            return tools.builtin_config()
+        try:
+            configs = tools.load_config(setting)
+        except tools.ConfigError as error:
+            # Chatting goes on without tools; the admin and the log say why.
+            if self.tool_config_error != str(error):
+                log.error("CHAT_MCP_CONFIG cannot be used: %s", error)
+            self.tool_config_error = str(error)
+            return None
+        self.tool_config_error = ""
+        return configs
+
+    async def close_tool_servers(self) -> None:
+        if self._tools is not None:
+            _, servers = self._tools
+            self._tools = None
+            try:
+                await servers.aclose()
+            except Exception:
+                log.exception("closing the tool servers failed")
 
     # --- running replies ---------------------------------------------------------------
 

@@ -25,6 +25,12 @@ def fresh_channel_layer():
 
 
 @pytest.fixture(autouse=True)
+def no_tools_unless_asked(settings):
+    """Replies offer no tools, unless a test configures tool servers (tests/test_tool_replies)."""
+    settings.CHAT_MCP_CONFIG = "off"
+
+
+@pytest.fixture(autouse=True)
 def close_connections_after_async_tests(request):
     """Close the connections Channels' database thread opened, so test databases can be dropped."""
     yield

@@ -65,6 +65,7 @@ class LiveSite:
             "CHAT_MODEL": "scripted-model",
             "DJANGO_DEBUG": "1",
             "REDIS_URL": "",
+            "CHAT_MCP_CONFIG": "off",  # a test that wants tools names its servers
             "DJANGO_SUPERUSER_USERNAME": self.username,
             "DJANGO_SUPERUSER_PASSWORD": self.password,
             "DJANGO_SUPERUSER_EMAIL": "reader@example.com",

@@ -256,3 +256,69 @@ def paced_reasoning(thoughts: int, words: int, tokens_per_second: float):
         await exchange.send_event("[DONE]")
 
     return handler
+
+
+def tool_rounds_so_far(messages: list[dict]) -> list[list[dict]]:
+    """The tool messages of each round since the last user message."""
+    since_user = []
+    for message in messages:
+        since_user = [] if message.get("role") == "user" else [*since_user, message]
+    rounds = []
+    for message in since_user:
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            rounds.append([])
+        elif message.get("role") == "tool" and rounds:
+            rounds[-1].append(message)
+    return rounds
+
+
+def calls_tools(*rounds: list[tuple[str, str]], before: str = "Let me look. ", split: bool = True):
+    """A model that calls tools: the n-th request of a reply asks for ``rounds[n]`` (each
+    a list of (function name, arguments JSON)), streamed as real servers do (id and name
+    first, the arguments in pieces); once every round is answered, it writes
+    "Results: " and each tool message's content, joined by " | ".
+
+    Each request's usage is 10 prompt + 2 completion tokens.
+    """
+
+    async def handler(exchange: Exchange) -> None:
+        request = exchange.json
+        done = tool_rounds_so_far(request.get("messages") or [])
+        await exchange.start()
+        if len(done) < len(rounds) and request.get("tools"):
+            if before:
+                await exchange.send_event(chunk("c1", "m", {"content": before}))
+            for index, (name, arguments) in enumerate(rounds[len(done)]):
+                call = {"index": index, "id": f"call_{len(done)}_{index}", "type": "function"}
+                call["function"] = {"name": name, "arguments": ""}
+                await exchange.send_event(chunk("c1", "m", {"tool_calls": [call]}))
+                half = len(arguments) // 2 if split else len(arguments)
+                for piece in (arguments[:half], arguments[half:]):
+                    delta = {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                    await exchange.send_event(chunk("c1", "m", delta))
+            finish = "tool_calls"
+        else:
+            results = [m.get("content") or "" for m in (done[-1] if done else [])]
+            await exchange.send_event(chunk("c1", "m", {"content": "Results: "}))
+            await exchange.send_event(chunk("c1", "m", {"content": " | ".join(results)}))
+            finish = "stop"
+        await exchange.send_event(chunk("c1", "m", {}, finish))
+        if (request.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+            await exchange.send_event(chunk("c1", "m", usage=usage))
+        await exchange.send_event("[DONE]")
+
+    return handler
+
+
+def refuses_tools(then):
+    """Answers HTTP 400 to a request that offers tools, as servers without tool support do."""
+
+    async def handler(exchange: Exchange) -> None:
+        if "tools" in exchange.json:
+            message = "This model does not support tools"
+            await exchange.respond_json(400, {"error": {"message": message}})
+            return
+        await then(exchange)
+
+    return handler

@@ -1,5 +1,7 @@
 """Template filters for the chat pages: ``{% load chat %}``."""
 
+import json
+
 from django import template
 from django.utils.safestring import mark_safe
 
@@ -27,3 +29,35 @@ def finished_blocks(context, message, field="content") -> str:
     if rendered is not None:
         return mark_safe(rendered)  # sanitized by the streaming renderer
     return markdown(getattr(message, field))
+
+
+@register.filter
+def pretty_json(text) -> str:
+    """A tool call's arguments, indented when they are JSON (shown as text, escaped)."""
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return str(text or "")
+
+
+TOOL_STATES = {
+    "asked": "Asked for",
+    "waiting": "Asks your permission to run",
+    "running": "Running…",
+    "done": "Done",
+    "error": "Failed",
+    "denied": "Denied",
+    "not_run": "Not run",
+    "stopped": "Stopped while it ran",
+    "interrupted": "Interrupted while it ran",
+}
+
+
+@register.filter
+def tool_state(call) -> str:
+    """A tool call's state in words, with its duration once it answered."""
+    label = TOOL_STATES.get(call.get("state"), str(call.get("state", "")))
+    seconds = call.get("seconds")
+    if isinstance(seconds, int | float):
+        label += f" in {seconds:.2f} s" if seconds < 10 else f" in {seconds:.0f} s"
+    return label
