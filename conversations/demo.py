@@ -4,6 +4,8 @@ It is not a language model. It answers every message with a fixed, labelled
 reply, streamed word by word over Server-Sent Events on loopback HTTP, so the
 site runs exactly the code path it runs against a real provider (SSE chunks,
 ``stream_options.include_usage``, tool calls when the request offers tools).
+Offered the site's built-in tools, it calls them for "what time is it?" or
+"calculate 2**10", then answers from the results the site sends back.
 
 The HTTP server underneath (:class:`ChatCompletionsServer`) takes any handler,
 which is how the tests script faults: cut streams, error objects, byte-by-byte
@@ -288,14 +290,220 @@ def chunk(
     }
 
 
+def _text(content) -> str:
+    """A message's content as text (a string, or a list of content parts)."""
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content or "")
+
+
 def _last_user_text(messages: list) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):  # content parts
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return str(content or "")
+            return _text(message.get("content"))
     return ""
+
+
+# --- tool calls: the site's built-in tools -----------------------------------
+
+TIME_TOOL = "builtin__current_time"
+CALC_TOOL = "builtin__calculate"
+
+TIME_ZONES = {
+    "new york": "America/New_York",
+    "los angeles": "America/Los_Angeles",
+    "san francisco": "America/Los_Angeles",
+    "chicago": "America/Chicago",
+    "toronto": "America/Toronto",
+    "sao paulo": "America/Sao_Paulo",
+    "são paulo": "America/Sao_Paulo",
+    "london": "Europe/London",
+    "paris": "Europe/Paris",
+    "berlin": "Europe/Berlin",
+    "madrid": "Europe/Madrid",
+    "rome": "Europe/Rome",
+    "moscow": "Europe/Moscow",
+    "dubai": "Asia/Dubai",
+    "delhi": "Asia/Kolkata",
+    "mumbai": "Asia/Kolkata",
+    "beijing": "Asia/Shanghai",
+    "shanghai": "Asia/Shanghai",
+    "hong kong": "Asia/Hong_Kong",
+    "singapore": "Asia/Singapore",
+    "tokyo": "Asia/Tokyo",
+    "sydney": "Australia/Sydney",
+    "utc": "UTC",
+    "gmt": "UTC",
+}
+
+_TIME_QUESTION = re.compile(
+    r"\bwhat(?:['\u2019]s|\s+is)?\s+(?:the\s+)?(?:current\s+)?(?:time|date|day)\b"
+    r"|\b(?:which|what)\s+day\b|\bday\s+is\s+it\b|\btime\s+(?:is\s+it|now|in)\b"
+    r"|\b(?:current|today['\u2019]?s)\s+(?:time|date|day)\b|\bdate\s+today\b",
+    re.IGNORECASE,
+)
+_IANA_ZONE = re.compile(r"\b[A-Z][A-Za-z_]+(?:/[A-Z][A-Za-z_+-]+)+")
+_CALC_CUE = re.compile(
+    r"\b(?:calculate|calc|compute|evaluate|solve|what(?:['\u2019]s|\s+is)|how\s+much\s+is)\b",
+    re.IGNORECASE,
+)
+_MATH_NAMES = (
+    "sqrt|cbrt|exp|log10|log2|log|ln|asin|acos|atan2|atan|sinh|cosh|tanh|sin|cos|tan"
+    "|degrees|radians|hypot|floor|ceil|round|abs|min|max|factorial|pi|tau|e"
+)
+# A run of numbers, math names, operators, parentheses, commas and spaces.
+_EXPRESSION = re.compile(
+    rf"(?:\d+(?:\.\d+)?(?:e[-+]?\d+)?|\.\d+|\b(?:{_MATH_NAMES})\b|\*\*|//|[-+*/%^\u00d7\u00f7(),]|\s)+",
+    re.IGNORECASE,
+)
+_OPERATION = re.compile(r"[\w).]\s*(?:\*\*|//|[-+*/%])\s*[\w(.]|\w\s*\(")
+
+
+def wants_time(text: str) -> bool:
+    """Whether ``text`` asks for the time, the date or the day."""
+    return bool(_TIME_QUESTION.search(text))
+
+
+def time_zone_in(text: str) -> str | None:
+    """The IANA zone ``text`` names, directly ("Europe/Paris") or by city ("Tokyo")."""
+    if match := _IANA_ZONE.search(text):
+        return match.group()
+    lowered = text.lower()
+    for place, zone in TIME_ZONES.items():
+        if re.search(rf"\b{re.escape(place)}\b", lowered):
+            return zone
+    return None
+
+
+def expression_in(text: str) -> str | None:
+    """The arithmetic expression ``text`` asks to work out, if there is one."""
+    for match in _EXPRESSION.finditer(text):
+        expression = _tidy_expression(match.group())
+        if re.search(r"\d", expression) and _OPERATION.search(expression):
+            whole = text.strip().rstrip("?=.! ") == match.group().strip()
+            return expression if whole or _CALC_CUE.search(text) else None
+    return None
+
+
+def _tidy_expression(run: str) -> str:
+    run = run.replace("^", "**").replace("\u00d7", "*").replace("\u00f7", "/")
+    run = run.strip(" \t\n,").lstrip(")*/%").rstrip("(+-*/%,").strip()
+    kept, depth = [], 0  # drop unmatched ")", close unclosed "("
+    for char in run:
+        if char == ")" and depth == 0:
+            continue
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        kept.append(char)
+    return "".join(kept).strip() + ")" * depth
+
+
+def offered_functions(tools: list, tool_choice=None) -> list[str]:
+    """The function names the request lets the model call."""
+    if tool_choice == "none":
+        return []
+    names = [(t.get("function") or {}).get("name") for t in tools if isinstance(t, dict)]
+    if isinstance(tool_choice, dict):  # a forced function
+        forced = (tool_choice.get("function") or {}).get("name")
+        names = [name for name in names if name == forced]
+    return [name for name in names if name]
+
+
+def requested_tool_calls(text: str, offered: list[str]) -> list[tuple[str, dict]]:
+    """The built-in tool calls ``text`` asks for, among the ``offered`` function names."""
+    calls = []
+    if TIME_TOOL in offered and wants_time(text):
+        zone = time_zone_in(text)
+        calls.append((TIME_TOOL, {"timezone": zone} if zone else {}))
+    if CALC_TOOL in offered and (expression := expression_in(text)):
+        calls.append((CALC_TOOL, {"expression": expression}))
+    if not calls and offered and "tool" in text.lower():
+        # Asked for "a tool" by name: a harmless call to show the round trip.
+        if TIME_TOOL in offered:
+            calls.append((TIME_TOOL, {}))
+        else:
+            calls.append((offered[0], {"query": text[:100]}))
+    return calls
+
+
+def tool_call_preamble(calls: list[tuple[str, dict]]) -> str:
+    """The short sentence the demo says before calling tools ("" for other tools)."""
+    phrases = {TIME_TOOL: "check the clock", CALC_TOOL: "work that out"}
+    said = [phrases[name] for name, _ in calls if name in phrases]
+    return f"Let me {' and '.join(said)}." if said else ""
+
+
+def tool_results(messages: list) -> list[tuple[str, dict, str]]:
+    """(function name, arguments, result) of the tool messages that end ``messages``.
+
+    Results are matched to the calls of the assistant message before them by
+    ``tool_call_id``; a result without its call has an empty name.
+    """
+    trailing, calls = [], {}
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            if message.get("role") == "assistant":
+                calls = {
+                    c.get("id"): c.get("function") or {} for c in message.get("tool_calls") or []
+                }
+            break
+        trailing.append(message)
+    results = []
+    for message in reversed(trailing):
+        function = calls.get(message.get("tool_call_id"), {})
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except (TypeError, ValueError):
+            arguments = {}
+        arguments = arguments if isinstance(arguments, dict) else {}
+        results.append((function.get("name") or "", arguments, _text(message.get("content"))))
+    return results
+
+
+def _failure(result: str) -> str | None:
+    """How a tool result says the call failed: "error", "denied", "not run", or None."""
+    lowered = result.strip().lower()
+    if lowered.startswith("error"):
+        return "error"
+    first_sentence = lowered.split(".", 1)[0]  # the site's notes say it first
+    if "denied" in first_sentence:
+        return "denied"
+    if any(word in first_sentence for word in ("not run", "interrupted", "stopped")):
+        return "not run"
+    return None
+
+
+def tool_answer_text(results: list[tuple[str, dict, str]]) -> str:
+    """The demo's answer from what its tool calls returned."""
+    return "\n\n".join(_tool_answer(*result) for result in results) or (
+        "The tools gave no results."
+    )
+
+
+def _tool_answer(name: str, arguments: dict, result: str) -> str:
+    result = result.strip()
+    expression = str(arguments.get("expression", ""))
+    purpose = {TIME_TOOL: "tell you the time", CALC_TOOL: f"calculate `{expression}`"}
+    failure = _failure(result)
+    if failure in ("denied", "not run"):
+        verb = "was denied" if failure == "denied" else "did not run"
+        return f"The tool call {verb}, so I cannot {purpose.get(name, 'answer that')}."
+    if failure == "error":
+        detail = re.sub(r"^error\s*:?\s*", "", result, flags=re.IGNORECASE).rstrip(".")
+        detail = detail or "it gave no reason"
+        if name == CALC_TOOL:
+            return f"The calculator could not do that: {detail}."
+        if name == TIME_TOOL:
+            return f"The clock could not tell the time: {detail}."
+        return f"The tool `{name or 'call'}` failed: {detail}."
+    if name == TIME_TOOL:
+        return f"The current time is {result}."
+    if name == CALC_TOOL:
+        return f"`{expression}` = {result}"
+    shown = result if len(result) <= 1000 else result[:1000] + "…"
+    return f"The tool `{name or 'call'}` returned:\n\n{shown}"
+
+
+TOOL_REASONING = "The tool results are in; I should report them plainly."
 
 
 @dataclass
@@ -323,55 +531,54 @@ class DemoModel:
             return
         model = request.get("model") or DEMO_MODEL
         user_text = _last_user_text(messages)
-        prompt_tokens = sum(len(split_tokens(str(m.get("content") or ""))) for m in messages)
+        prompt_tokens = sum(len(split_tokens(_text(m.get("content")))) for m in messages)
+        after_tools = bool(messages) and messages[-1].get("role") == "tool"
         if not request.get("stream"):
-            await self._respond_whole(exchange, model, user_text, prompt_tokens)
+            text = tool_answer_text(tool_results(messages)) if after_tools else None
+            await self._respond_whole(exchange, model, user_text, prompt_tokens, text)
             return
-        await exchange.start()
-        cid = f"chatcmpl-demo-{uuid.uuid4().hex[:12]}"
-        await exchange.send_event(chunk(cid, model, {"role": "assistant", "content": ""}))
-        if request.get("tools") and "tool" in user_text.lower():
-            tokens = 0
-            finish = "tool_calls"
-            await self._stream_tool_call(exchange, cid, model, request["tools"][0], user_text)
+        calls = []
+        if after_tools:  # never call again here: answer from the results
+            thinking = split_tokens(TOOL_REASONING) if self.reasoning else []
+            answer = split_tokens(tool_answer_text(tool_results(messages)))
         else:
-            finish = "stop"
-            thinking = split_tokens(demo_reasoning_text(user_text)) if self.reasoning else []
-            answer = split_tokens(demo_reply_text(user_text, self.min_tokens))
-            pieces = [("reasoning", t) for t in thinking] + [("content", t) for t in answer]
-            delay = 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0
-            started = time.monotonic()
-            for tokens, (field_name, token) in enumerate(pieces, 1):
-                # Pace against the clock so the rate holds whatever each write costs.
-                wait = started + tokens * delay - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await exchange.send_event(chunk(cid, model, {field_name: token}))
-            tokens = len(pieces)
+            offered = offered_functions(request.get("tools") or [], request.get("tool_choice"))
+            calls = requested_tool_calls(user_text, offered)
+            if calls:
+                thinking, answer = [], split_tokens(tool_call_preamble(calls))
+            else:
+                thinking = split_tokens(demo_reasoning_text(user_text)) if self.reasoning else []
+                answer = split_tokens(demo_reply_text(user_text, self.min_tokens))
+        deltas = [{"reasoning": t} for t in thinking] + [{"content": t} for t in answer]
+        deltas += tool_call_deltas(calls)
+        finish = "tool_calls" if calls else "stop"
+
+        cid = f"chatcmpl-demo-{uuid.uuid4().hex[:12]}"
+        await exchange.start()
+        await exchange.send_event(chunk(cid, model, {"role": "assistant", "content": ""}))
+        delay = 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0
+        started = time.monotonic()
+        for sent, delta in enumerate(deltas, 1):
+            # Pace against the clock so the rate holds whatever each write costs.
+            wait = started + sent * delay - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await exchange.send_event(chunk(cid, model, delta))
         await exchange.send_event(chunk(cid, model, {}, finish))
         if (request.get("stream_options") or {}).get("include_usage"):
+            tokens = len(deltas)
             usage = {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": tokens,
                 "total_tokens": prompt_tokens + tokens,
             }
-            if finish == "stop" and self.reasoning:
+            if thinking:
                 usage["completion_tokens_details"] = {"reasoning_tokens": len(thinking)}
             await exchange.send_event(chunk(cid, model, usage=usage))
         await exchange.send_event("[DONE]")
 
-    async def _stream_tool_call(self, exchange, cid, model, tool, user_text):
-        name = (tool.get("function") or {}).get("name", "tool")
-        arguments = json.dumps({"query": user_text[:100]})
-        call = {"index": 0, "id": f"call_{uuid.uuid4().hex[:8]}", "type": "function"}
-        call["function"] = {"name": name, "arguments": ""}
-        await exchange.send_event(chunk(cid, model, {"tool_calls": [call]}))
-        for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
-            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
-            await exchange.send_event(chunk(cid, model, delta))
-
-    async def _respond_whole(self, exchange, model, user_text, prompt_tokens):
-        text = demo_reply_text(user_text, self.min_tokens)
+    async def _respond_whole(self, exchange, model, user_text, prompt_tokens, text=None):
+        text = text or demo_reply_text(user_text, self.min_tokens)
         tokens = len(split_tokens(text))
         body = {
             "id": f"chatcmpl-demo-{uuid.uuid4().hex[:12]}",
@@ -391,6 +598,20 @@ class DemoModel:
             },
         }
         await exchange.respond_json(200, body)
+
+
+def tool_call_deltas(calls: list[tuple[str, dict]]) -> list[dict]:
+    """The ``delta.tool_calls`` a real server streams for ``calls``: for each, a head
+    (index, id, name, empty arguments), then the arguments JSON in two pieces."""
+    deltas = []
+    for index, (name, arguments) in enumerate(calls):
+        head = {"index": index, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "function"}
+        head["function"] = {"name": name, "arguments": ""}
+        deltas.append({"tool_calls": [head]})
+        text = json.dumps(arguments)
+        for piece in (text[: len(text) // 2], text[len(text) // 2 :]):
+            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    return deltas
 
 
 class ServerThread:
