@@ -140,6 +140,17 @@ class Conversation(models.Model):
     def model_label(self) -> str:
         return model_label(self.model)
 
+    MAX_TOOL_NAMES = 1000
+
+    def switch_tools(self, listed, on) -> None:
+        """Of the tools ``listed`` on its page, those not ``on`` are switched off for this
+        conversation; tools not listed keep their setting (their server may be away)."""
+        listed = {n for n in listed[: self.MAX_TOOL_NAMES] if isinstance(n, str) and len(n) <= 200}
+        on = {n for n in on if isinstance(n, str)}
+        kept = [n for n in self.disabled_tools or [] if isinstance(n, str) and n not in listed]
+        self.disabled_tools = sorted({*kept, *(listed - on)})[: self.MAX_TOOL_NAMES]
+        self.save(update_fields=["disabled_tools"])
+
     def export(self) -> dict:
         """The conversation as a JSON-ready document: every stored field of every message.
 
@@ -780,8 +791,12 @@ class ToolPolicy:
         return cls(frozenset(n for n in names if isinstance(n, str)), rows)
 
     def offers(self, tool) -> bool:
+        return self.site_offers(tool) and tool.function_name not in self.switched_off
+
+    def site_offers(self, tool) -> bool:
+        """Whether an administrator left the tool on."""
         row = self.settings.get((tool.server, tool.name))
-        return (row is None or row.enabled) and tool.function_name not in self.switched_off
+        return row is None or row.enabled
 
     def asks(self, tool) -> bool:
         """A tool that may change things asks first, unless an administrator allowed it."""

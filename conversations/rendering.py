@@ -571,6 +571,11 @@ def tools_html(message) -> str:
     return _partial("tools", {"message": message})
 
 
+def tools_panel_html(conversation, panel: dict) -> str:
+    """A conversation's Tools panel (see ``tool_calls.tool_panel``)."""
+    return _partial("tools_panel", {"conversation": conversation, **panel})
+
+
 def thought_html(message) -> str:
     """The reasoning block's summary line: "Thinking…", then "Thought for N s"."""
     return _partial("thought", {"message": message})

@@ -50,6 +50,7 @@ class Runtime:
         self._demo: demo.ServerThread | None = None
         # The MCP servers' sessions belong to the event loop that opened them.
         self._tools: tuple[asyncio.AbstractEventLoop, tools.ToolServers] | None = None
+        self._opening_tools: asyncio.Future | None = None
         self.tool_config_error = ""  # why CHAT_MCP_CONFIG could not be used
         self.without_tools: set[tuple[str, str]] = set()  # (base URL, model) refusing them
 
@@ -63,6 +64,7 @@ class Runtime:
                 self._started = True
                 self._hook_shutdown()
                 await database_sync_to_async(self._sweep_at_start)()
+                self._open_tool_servers()
             return await application(scope, receive, send)
 
         return app
@@ -236,6 +238,13 @@ class Runtime:
             )
             self._tools = (loop, servers)
         return self._tools[1]
+
+    def _open_tool_servers(self) -> None:
+        """Open the tool servers' sessions in the background, so the first reply need not
+        wait for a server to start."""
+        servers = self.tool_servers()
+        if servers is not None:
+            self._opening_tools = asyncio.ensure_future(servers.tools())
 
     def tool_states(self) -> list:
         """How each configured tool server is doing (empty before the first reply asks)."""

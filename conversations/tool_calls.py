@@ -25,6 +25,43 @@ from .tools import Tool
 log = logging.getLogger(__name__)
 
 
+async def tool_panel(conversation_id: int) -> dict:
+    """What a conversation's Tools panel shows: each server, its state, and the tools an
+    administrator left on, each on or off for this conversation."""
+    servers = runtime.tool_servers()
+    if servers is None:
+        return {"tools_off": True, "tools_error": runtime.tool_config_error}
+    listing = asyncio.ensure_future(_listed(servers))
+    policy = await database_sync_to_async(ToolPolicy.for_conversation)(conversation_id)
+    await listing
+    panel = []
+    for state in servers.states():
+        tools = [
+            {
+                "function_name": tool.function_name,
+                "name": tool.name,
+                "description": tool.description,
+                "on": tool.function_name not in policy.switched_off,
+                "asks": policy.asks(tool),
+            }
+            for tool in state.tools
+            if policy.site_offers(tool)
+        ]
+        panel.append(
+            {"name": state.name, "state": state.state, "error": state.error, "tools": tools}
+        )
+    return {"tool_servers": panel}
+
+
+async def _listed(servers) -> list[Tool]:
+    try:
+        async with asyncio.timeout(settings.CHAT_TOOL_CONNECT_TIMEOUT + 1):
+            return await servers.tools()
+    except TimeoutError:
+        log.warning("listing the tool servers' tools took too long")
+        return []
+
+
 class ToolRunner:
     def __init__(self, stream):
         self.stream = stream  # the replies.ReplyStream whose calls these are
@@ -41,7 +78,7 @@ class ToolRunner:
             return []
         self.servers = servers
         conversation_id = self.stream.message.conversation_id
-        listing = asyncio.ensure_future(self._list(servers))
+        listing = asyncio.ensure_future(_listed(servers))
         self.policy = await database_sync_to_async(ToolPolicy.for_conversation)(conversation_id)
         listed = await listing
         self.offered = {t.function_name: t for t in listed if self.policy.offers(t)}
@@ -52,14 +89,6 @@ class ToolRunner:
                 " ".join(f"Tools of “{s.name}” are unavailable: {s.error}" for s in failed)
             )
         return [tool.as_openai() for tool in self.offered.values()]
-
-    async def _list(self, servers) -> list[Tool]:
-        try:
-            async with asyncio.timeout(settings.CHAT_TOOL_CONNECT_TIMEOUT + 1):
-                return await servers.tools()
-        except TimeoutError:
-            log.warning("listing the tool servers' tools took too long; none offered")
-            return []
 
     async def run(self, calls: list[dict]) -> None:
         """Run one round's calls (dicts of the reply's rounds, updated in place)."""

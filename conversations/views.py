@@ -1,15 +1,18 @@
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from . import page
 from .models import Conversation, model_label
+from .rendering import tools_panel_html
 from .runtime import runtime
+from .tool_calls import tool_panel
 
 
 def own_conversation(request, pk) -> Conversation:
@@ -52,6 +55,19 @@ def conversation_detail(request, pk):
             **page.context(),
         },
     )
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+@cache_control(private=True)
+async def conversation_tools(request, pk):
+    """The conversation's Tools panel; a POST switches its tools on or off."""
+    conversation = await sync_to_async(own_conversation)(request, pk)
+    if request.method == "POST":
+        listed, on = request.POST.getlist("listed"), request.POST.getlist("on")
+        await sync_to_async(conversation.switch_tools)(listed, on)
+    panel = await tool_panel(conversation.pk)
+    return HttpResponse(tools_panel_html(conversation, panel))
 
 
 @require_http_methods(["GET", "HEAD", "POST"])

@@ -583,6 +583,34 @@ def test_the_transcript_and_the_export_show_the_reasoning(admin_client, conversa
     )
 
 
+def test_the_transcript_and_the_export_show_the_tool_rounds(admin_client, conversation, client):
+    Message.objects.create(conversation=conversation, role="user", content="Echo it")
+    call = {
+        "id": "call_1",
+        "name": "box__echo",
+        "tool": "echo",
+        "server": "box",
+        "arguments": '{"text": "<b>hi</b>"}',
+        "state": "done",
+        "result": "<script>alert(1)</script>",
+        "seconds": 0.25,
+    }
+    Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        content="Looking.\n\nIt said hi.",
+        tool_rounds=[{"text_end": 8, "calls": [call]}],
+    )
+    html = admin_client.get(change_url(conversation)).text
+    assert 'data-part="tool-call" data-tool-name="echo"' in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert" not in html
+    assert "done in 0.25 s" in html
+    client.force_login(conversation.owner)
+    exported = client.get(reverse("conversation-export", args=[conversation.pk])).json()
+    (message,) = [m for m in exported["messages"] if m["role"] == "assistant"]
+    assert message["tool_rounds"] == [{"text_end": 8, "calls": [call]}]
+
+
 @pytest.mark.parametrize(
     ("date_from", "date_to"),
     [("9999-12-01", "9999-12-31"), ("9999-12-30", "9999-12-30"), ("0001-01-01", "0001-01-05")],

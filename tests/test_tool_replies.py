@@ -481,3 +481,76 @@ async def test_tools_off_sends_no_tools(start_upstream, conversation, user, conn
     await reply_to(socket)
     assert "tools" not in requests_of(server)[0]
     await socket.disconnect()
+
+
+# --- the conversation's Tools panel --------------------------------------------------------
+
+
+@pytest.fixture
+async def owner_client(async_client, user):
+    await async_client.aforce_login(user)
+    return async_client
+
+
+def panel_url(conversation):
+    return f"/c/{conversation.pk}/tools/"
+
+
+async def test_the_tools_panel_lists_the_tools_and_switches_them_per_conversation(
+    box, owner_client, start_upstream, conversation, user, connect
+):
+    await set_tool("box", "explode", enabled=False)  # off for everyone: not listed
+    response = await owner_client.get(panel_url(conversation))
+    assert response.status_code == 200 and "private" in response["Cache-Control"]
+    html = response.content.decode()
+    assert 'value="box__echo" checked' in html and "Say the text back." in html
+    assert "box__explode" not in html
+    assert 'value="box__shout" checked' in html and "asks before it runs" in html
+
+    listed = ["box__echo", "box__shout", "box__hold"]
+    response = await owner_client.post(
+        panel_url(conversation), {"listed": listed, "on": ["box__shout"]}
+    )
+    html = response.content.decode()
+    assert 'value="box__echo">' in html and 'value="box__shout" checked' in html
+    await database_sync_to_async(conversation.refresh_from_db)()
+    assert conversation.disabled_tools == ["box__echo", "box__hold"]
+
+    server = await start_upstream(text_stream(["ok"]))
+    socket = await connect(conversation, user)
+    await reply_to(socket)
+    names = {t["function"]["name"] for t in requests_of(server)[0]["tools"]}
+    assert "box__shout" in names and "box__echo" not in names and "box__hold" not in names
+    await socket.disconnect()
+
+
+async def test_the_tools_panel_says_why_a_server_is_unavailable(
+    tools_from, owner_client, conversation, settings
+):
+    settings.CHAT_TOOL_CONNECT_TIMEOUT = 2.0
+    tools_from({"gone": {"url": "http://127.0.0.1:9/mcp"}})
+    html = (await owner_client.get(panel_url(conversation))).content.decode()
+    assert 'data-server="gone" data-state="failed"' in html and "Unavailable:" in html
+
+
+async def test_the_tools_panel_with_tools_off_or_a_bad_configuration(
+    owner_client, conversation, settings, tmp_path
+):
+    html = (await owner_client.get(panel_url(conversation))).content.decode()
+    assert "This site offers no tools." in html
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    settings.CHAT_MCP_CONFIG = str(broken)
+    html = (await owner_client.get(panel_url(conversation))).content.decode()
+    assert "The tool configuration cannot be used" in html and "broken.json" in html
+
+
+async def test_nobody_sees_or_switches_the_tools_of_another_persons_conversation(
+    box, async_client, other_user, conversation
+):
+    await async_client.aforce_login(other_user)
+    assert (await async_client.get(panel_url(conversation))).status_code == 404
+    response = await async_client.post(panel_url(conversation), {"listed": ["box__echo"]})
+    assert response.status_code == 404
+    await database_sync_to_async(conversation.refresh_from_db)()
+    assert conversation.disabled_tools == []
