@@ -273,15 +273,12 @@ class Conversation(models.Model):
         requests a minute (sending, regenerating and continuing each make one) and replies
         being written at once. Counted in the database, so across processes; called inside
         the transaction that starts the reply, so a refused start records nothing."""
-        now, window = timezone.now(), timedelta(minutes=1)
-        most = settings.CHAT_MESSAGES_PER_MINUTE
-        recent = UpstreamRequest.objects.filter(user_id=self.owner_id, at__gt=now - window)
-        times = list(recent.order_by("-at").values_list("at", flat=True)[:most])
-        if len(times) >= most:
-            wait = max(1, math.ceil((times[-1] + window - now).total_seconds()))
+        wait = UpstreamRequest.wait_for(self.owner_id)
+        if wait:
+            most = settings.CHAT_MESSAGES_PER_MINUTE
             raise ActionRefused(
-                f"You can ask for {most} replies a minute (sending, regenerating and continuing "
-                f"each count). Try again in {wait} s."
+                f"You can ask for {most} replies a minute (sending, regenerating, continuing "
+                f"and each tool round count). Try again in {wait} s."
             )
         writing = Message.objects.filter(conversation__owner_id=self.owner_id).streaming().count()
         if writing >= settings.CHAT_CONCURRENT_REPLIES:
@@ -289,7 +286,23 @@ class Conversation(models.Model):
                 f"You already have {writing} replies being written, the most at once. "
                 "Wait for one to finish (or stop one), then try again."
             )
-        UpstreamRequest.objects.create(user_id=self.owner_id, at=now)
+        UpstreamRequest.objects.create(user_id=self.owner_id)
+
+    @classmethod
+    def admit_tool_round(cls, conversation_id: int) -> None:
+        """Record the request that carries a reply on after its tool calls, or refuse it
+        past the owner's per-minute limit (the calls' results are kept: Continue sends them)."""
+        owner_id = cls.objects.filter(pk=conversation_id).values_list("owner_id", flat=True)[0]
+        with transaction.atomic():
+            wait = UpstreamRequest.wait_for(owner_id)
+            if wait:
+                most = settings.CHAT_MESSAGES_PER_MINUTE
+                raise ActionRefused(
+                    f"The tools answered, but you have reached {most} requests to the model "
+                    f"a minute (each tool round counts). Continue in {wait} s to let the "
+                    "model read their results."
+                )
+            UpstreamRequest.objects.create(user_id=owner_id)
 
     def _latest_reply(self, message_id) -> "Message":
         last = self.messages.order_by("-pk").first()
@@ -687,6 +700,17 @@ class UpstreamRequest(models.Model):
 
     def __str__(self):
         return f"upstream request of user {self.user_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def wait_for(cls, user_id: int) -> int:
+        """0 when ``user_id`` may make another request now, else the seconds to wait."""
+        now, window = timezone.now(), timedelta(minutes=1)
+        most = settings.CHAT_MESSAGES_PER_MINUTE
+        recent = cls.objects.filter(user_id=user_id, at__gt=now - window)
+        times = list(recent.order_by("-at").values_list("at", flat=True)[:most])
+        if len(times) < most:
+            return 0
+        return max(1, math.ceil((times[-1] + window - now).total_seconds()))
 
 
 class AdminAccessRecordQuerySet(models.QuerySet):

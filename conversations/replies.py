@@ -33,7 +33,7 @@ from .events import (
     reply_group,
     sockets_group,
 )
-from .models import Message, StartedReply, tool_round_messages
+from .models import ActionRefused, Conversation, Message, StartedReply, tool_round_messages
 from .rendering import (
     StreamingRenderer,
     delta_html,
@@ -266,6 +266,8 @@ class ReplyStream:
             return Ending(Message.Status.INTERRUPTED, str(error))
         except upstream.UpstreamError as error:
             return Ending(Message.Status.FAILED, str(error))
+        except ActionRefused as refusal:  # a limit reached between tool rounds
+            return Ending(Message.Status.INTERRUPTED, str(refusal))
         except Exception:
             log.exception("reply %s failed", self.message.pk)
             return Ending(Message.Status.FAILED, "The reply failed because of an internal error.")
@@ -290,6 +292,9 @@ class ReplyStream:
             await self.tools.run(self.reply.begin_round())
             self.reply.next_request()
             self.publisher.wake()
+            await database_sync_to_async(Conversation.admit_tool_round)(
+                self.message.conversation_id
+            )
 
     async def _stream_with_retries(
         self, base_url: str, messages: list[dict], offered: list[dict], *, last: bool

@@ -554,3 +554,28 @@ async def test_nobody_sees_or_switches_the_tools_of_another_persons_conversation
     assert response.status_code == 404
     await database_sync_to_async(conversation.refresh_from_db)()
     assert conversation.disabled_tools == []
+
+
+async def test_tool_rounds_count_against_the_per_minute_limit_and_continue_carries_them_on(
+    box, start_upstream, conversation, user, connect, settings
+):
+    settings.CHAT_MESSAGES_PER_MINUTE = 2
+    rounds = [[("box__echo", json.dumps({"text": f"round {n}"}))] for n in range(3)]
+    server = await start_upstream(calls_tools(*rounds))
+    socket = await connect(conversation, user)
+    frames = await reply_to(socket)
+
+    # The send and the first round's request count; the second round's is refused.
+    assert len(requests_of(server)) == 2
+    assert 'data-status="interrupted"' in frames[-1]
+    assert "reached 2 requests to the model a minute" in frames[-1]
+    reply = await last_reply(conversation)
+    assert [r["calls"][0]["result"] for r in reply.tool_rounds] == ["round 0", "round 1"]
+    assert reply.can_continue
+
+    settings.CHAT_MESSAGES_PER_MINUTE = 20
+    await send(socket, action="continue", message_id=reply.pk)
+    await receive_until(socket, ends_reply, seconds=15)
+    carried = requests_of(server)[2]["messages"]
+    assert [m["content"] for m in carried if m["role"] == "tool"][:2] == ["round 0", "round 1"]
+    await socket.disconnect()
