@@ -44,6 +44,7 @@ class StartedReply:
     added: list["Message"] = field(default_factory=list)  # new on the page: [sent, reply]
     replaced: int | None = None  # the reply this one replaces (regenerate)
     retitled: "Conversation | None" = None  # the conversation, when its title was just set
+    tools: "ToolPolicy" = field(default_factory=lambda: ToolPolicy())  # which it may call
 
 
 def model_label(name: str) -> str:
@@ -142,6 +143,11 @@ class Conversation(models.Model):
 
     MAX_TOOL_NAMES = 1000
 
+    def tools(self) -> "ToolPolicy":
+        """Which tools its replies offer (as stored when it was last read), and which ask."""
+        switched_off = frozenset(n for n in self.disabled_tools or [] if isinstance(n, str))
+        return ToolPolicy(switched_off, {(t.server, t.tool): t for t in ToolSetting.objects.all()})
+
     def switch_tools(self, listed, on) -> None:
         """Of the tools ``listed`` on its page, those not ``on`` are switched off for this
         conversation; tools not listed keep their setting (their server may be away)."""
@@ -235,7 +241,8 @@ class Conversation(models.Model):
                 prompt = self.prompt()
         except IntegrityError as error:
             raise ReplyInProgress from error
-        return StartedReply(reply, prompt, added=[sent, reply], retitled=self if retitled else None)
+        retitled = self if retitled else None
+        return StartedReply(reply, prompt, [sent, reply], retitled=retitled, tools=self.tools())
 
     def regenerate(self, message_id, default_model: str) -> StartedReply:
         """Delete the latest reply and start a new one from the same history."""
@@ -251,7 +258,7 @@ class Conversation(models.Model):
                 prompt = self.prompt()
         except IntegrityError as error:
             raise ReplyInProgress from error
-        return StartedReply(reply, prompt, added=[reply], replaced=old.pk)
+        return StartedReply(reply, prompt, [reply], replaced=old.pk, tools=self.tools())
 
     def resume(self, message_id) -> StartedReply:
         """Carry an interrupted, stopped or length-cut latest reply on, in the same message."""
@@ -266,7 +273,7 @@ class Conversation(models.Model):
                     raise ReplyInProgress
         except IntegrityError as error:
             raise ReplyInProgress from error
-        return StartedReply(reply, self.prompt(continuing=reply))
+        return StartedReply(reply, self.prompt(continuing=reply), tools=self.tools())
 
     def admit_reply(self) -> None:
         """Record a reply about to start, or refuse it past the owner's limits: upstream
@@ -807,12 +814,7 @@ class ToolPolicy:
 
     @classmethod
     def for_conversation(cls, conversation_id: int) -> "ToolPolicy":
-        disabled = Conversation.objects.filter(pk=conversation_id).values_list(
-            "disabled_tools", flat=True
-        )
-        rows = {(row.server, row.tool): row for row in ToolSetting.objects.all()}
-        names = next(iter(disabled), None) or []
-        return cls(frozenset(n for n in names if isinstance(n, str)), rows)
+        return Conversation.objects.get(pk=conversation_id).tools()
 
     def offers(self, tool) -> bool:
         return self.site_offers(tool) and tool.function_name not in self.switched_off

@@ -33,7 +33,14 @@ from .events import (
     reply_group,
     sockets_group,
 )
-from .models import ActionRefused, Conversation, Message, StartedReply, tool_round_messages
+from .models import (
+    ActionRefused,
+    Conversation,
+    Message,
+    StartedReply,
+    ToolPolicy,
+    tool_round_messages,
+)
 from .rendering import (
     StreamingRenderer,
     delta_html,
@@ -51,7 +58,7 @@ log = logging.getLogger(__name__)
 
 async def start_reply(started: StartedReply) -> "ReplyStream":
     """Show a reply that was just stored as streaming on every socket, and start writing it."""
-    reply = ReplyStream(started.reply, started.prompt)
+    reply = ReplyStream(started.reply, started.prompt, started.tools)
     await reply.start(started_html(started))
     return reply
 
@@ -189,7 +196,7 @@ class Reply:
 class ReplyStream:
     """One assistant reply being written: read, published, then stored."""
 
-    def __init__(self, message: Message, prompt: list[dict]):
+    def __init__(self, message: Message, prompt: list[dict], tools: ToolPolicy | None = None):
         self.message = message
         self.prompt = prompt  # the conversation so far; tool rounds of this run follow it
         self.reply = Reply(message)
@@ -198,7 +205,7 @@ class ReplyStream:
         self.task: asyncio.Task | None = None
         self._stopped: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
         self._control = ""  # this reply's channel in the conversation's reply group
-        self.tools = ToolRunner(self)
+        self.tools = ToolRunner(self, tools or ToolPolicy())
 
     async def start(self, html: str) -> None:
         """Join the reply group first, so that a stop sent right away is heard."""

@@ -63,10 +63,10 @@ async def _listed(servers) -> list[Tool]:
 
 
 class ToolRunner:
-    def __init__(self, stream):
+    def __init__(self, stream, policy: ToolPolicy):
         self.stream = stream  # the replies.ReplyStream whose calls these are
         self.servers = None
-        self.policy = ToolPolicy()
+        self.policy = policy  # read when the reply started
         self.offered: dict[str, Tool] = {}  # function name -> tool
         self._decisions: dict[str, asyncio.Future[bool]] = {}
         self._saving = asyncio.Lock()
@@ -77,10 +77,7 @@ class ToolRunner:
         if servers is None or (base_url, model) in runtime.without_tools:
             return []
         self.servers = servers
-        conversation_id = self.stream.message.conversation_id
-        listing = asyncio.ensure_future(_listed(servers))
-        self.policy = await database_sync_to_async(ToolPolicy.for_conversation)(conversation_id)
-        listed = await listing
+        listed = await _listed(servers)
         self.offered = {t.function_name: t for t in listed if self.policy.offers(t)}
         failed = [state for state in servers.states() if state.state == "failed"]
         if failed:
