@@ -47,6 +47,96 @@ def test_a_reply_accumulates_text_tool_calls_finish_and_usage():
     assert Reply(Message()).usage is None and Reply(Message()).finish_reason == ""
 
 
+def test_calls_all_sent_at_index_0_are_told_apart_by_their_ids():
+    reply = Reply(Message(content=""))
+    for event in [
+        ToolCallDelta(0, "call_a", "a", '{"x": '),
+        ToolCallDelta(0, None, None, "1}"),
+        ToolCallDelta(0, "call_b", "b", "{}"),
+        ToolCallDelta(0, "call_b", None, ""),  # the same call again
+    ]:
+        reply.feed(event)
+    calls = [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in reply.tool_calls]
+    assert calls == [("call_a", "a", '{"x": 1}'), ("call_b", "b", "{}")]
+
+
+def test_a_tool_round_keeps_its_text_calls_and_usage_then_the_reply_goes_on():
+    reply = Reply(Message(content=""))
+    for event in [
+        TextDelta("Looking."),
+        ToolCallDelta(0, "dup", "a", "{}"),
+        ToolCallDelta(1, "dup", "b", "{}"),  # a server repeating an id across calls
+        Finish("tool_calls"),
+        Usage(10, 2, 12),
+    ]:
+        reply.feed(event)
+    calls = reply.begin_round()
+    assert [(c["id"], c["name"], c["state"]) for c in calls] == [
+        ("dup", "a", "asked"),
+        ("dup_2", "b", "asked"),
+    ]
+    reply.next_request()
+    assert reply.text == "Looking.\n\n" and reply.rounds[0]["text_end"] == len("Looking.")
+    assert reply.tool_calls == [] and reply.finish_reason == ""
+    reply.feed(TextDelta("Found."))
+    reply.feed(Usage(20, 3, 23))
+    assert reply.total_usage == Usage(30, 5, 35)
+    # A request without usage makes the sum unknown.
+    reply.next_request()
+    reply.next_request()
+    assert reply.total_usage is None
+
+
+def test_calls_left_unanswered_keep_how_the_reply_ended():
+    reply = Reply(Message(content=""))
+    reply.rounds = [
+        {
+            "text_end": 0,
+            "calls": [{"state": s} for s in ("asked", "waiting", "running", "done", "denied")],
+        }
+    ]
+    reply.end_tool_calls("stopped")
+    assert [c["state"] for c in reply.rounds[0]["calls"]] == [
+        "not_run",
+        "not_run",
+        "stopped",
+        "done",
+        "denied",
+    ]
+
+
+def test_a_reply_with_tool_rounds_goes_upstream_as_calls_results_and_the_rest():
+    call = {"id": "c1", "name": "box__echo", "arguments": '{"text": "hi"}'}
+    rounds = [{"text_end": 8, "calls": [{**call, "state": "done", "result": "hi"}]}]
+    message = Message(role="assistant", content="Looking.\n\nIt says hi.", tool_rounds=rounds)
+    assert message.to_openai() == [
+        {
+            "role": "assistant",
+            "content": "Looking.",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "box__echo", "arguments": '{"text": "hi"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "hi"},
+        {"role": "assistant", "content": "It says hi."},
+    ]
+    for state, told in [
+        ("error", "Error: boom"),
+        ("denied", "The user denied this tool call; it was not run."),
+        ("interrupted", "interrupted before it answered"),
+        ("not_run", "was not run"),
+    ]:
+        rounds[0]["calls"][0].update(state=state, result="boom" if state == "error" else "")
+        content = Message(role="assistant", content="", tool_rounds=rounds).to_openai()[1]
+        assert told in content["content"]
+    # Nothing after the last round: no empty assistant message at the end.
+    assert len(Message(role="assistant", content="Looking.", tool_rounds=rounds).to_openai()) == 2
+
+
 def test_a_continued_reply_starts_from_its_stored_text_and_usage():
     stored = Message(content="So far", prompt_tokens=10, completion_tokens=5, total_tokens=15)
     reply = Reply(stored)
