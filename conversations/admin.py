@@ -362,3 +362,6 @@ class AdminAccessRecordAdmin(admin.ModelAdmin):
             return f"{record.conversation_title} (deleted)"
         url = reverse("admin:conversations_conversation_change", args=[record.conversation_id])
         return format_html('<a href="{}">{}</a>', url, record.conversation_title)
+
+
+from . import admin_tools  # noqa: E402,F401  (the tool servers page)

@@ -850,6 +850,9 @@ class ToolSetting(models.Model):
             models.UniqueConstraint(fields=["server", "tool"], name="one_setting_per_tool")
         ]
         ordering = ["server", "tool"]
+        # The admin shows these rows on its page of the tool servers and their tools.
+        verbose_name = "tool server"
+        verbose_name_plural = "tool servers"
 
     def __str__(self):
         return f"{self.server} / {self.tool}"

@@ -42,6 +42,7 @@ class Runtime:
         self._syncs: dict[int, TokenBucket] = {}  # per user
         self._turn_takers: collections.Counter[int] = collections.Counter()
         self._started = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one serving requests
         self._checkpoints: asyncio.Task | None = None
         # An AsyncClient's pool belongs to the event loop it first ran on.
         self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
@@ -62,6 +63,7 @@ class Runtime:
         async def app(scope, receive, send):
             if not self._started:
                 self._started = True
+                self.loop = asyncio.get_running_loop()
                 self._hook_shutdown()
                 await database_sync_to_async(self._sweep_at_start)()
                 self._open_tool_servers()

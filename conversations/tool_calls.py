@@ -31,7 +31,7 @@ async def tool_panel(conversation_id: int) -> dict:
     servers = runtime.tool_servers()
     if servers is None:
         return {"tools_off": True, "tools_error": runtime.tool_config_error}
-    listing = asyncio.ensure_future(_listed(servers))
+    listing = asyncio.ensure_future(listed_tools(servers))
     policy = await database_sync_to_async(ToolPolicy.for_conversation)(conversation_id)
     await listing
     panel = []
@@ -53,7 +53,7 @@ async def tool_panel(conversation_id: int) -> dict:
     return {"tool_servers": panel}
 
 
-async def _listed(servers) -> list[Tool]:
+async def listed_tools(servers) -> list[Tool]:
     try:
         async with asyncio.timeout(settings.CHAT_TOOL_CONNECT_TIMEOUT + 1):
             return await servers.tools()
@@ -77,7 +77,7 @@ class ToolRunner:
         if servers is None or (base_url, model) in runtime.without_tools:
             return []
         self.servers = servers
-        listed = await _listed(servers)
+        listed = await listed_tools(servers)
         self.offered = {t.function_name: t for t in listed if self.policy.offers(t)}
         failed = [state for state in servers.states() if state.state == "failed"]
         if failed:
