@@ -579,3 +579,25 @@ async def test_tool_rounds_count_against_the_per_minute_limit_and_continue_carri
     carried = requests_of(server)[2]["messages"]
     assert [m["content"] for m in carried if m["role"] == "tool"][:2] == ["round 0", "round 1"]
     await socket.disconnect()
+
+
+def test_a_reply_ended_by_a_crash_shows_no_call_still_running_or_waiting(conversation):
+    from conversations.rendering import message_html
+
+    calls = [
+        {"id": "a", "name": "box__hold", "arguments": "{}", "state": "running", "result": ""},
+        {"id": "b", "name": "box__shout", "arguments": "{}", "state": "waiting", "result": ""},
+    ]
+    reply = Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        status=Message.Status.STREAMING,
+        tool_rounds=[{"text_end": 0, "calls": calls}],
+    )
+    html = message_html(reply)
+    assert 'data-state="running"' in html and "Allow" in html
+    # What a process that stopped mid-tool leaves: the row ended by the orphan sweep.
+    Message.objects.filter(pk=reply.pk).interrupt("The server stopped.")
+    html = message_html(Message.objects.get(pk=reply.pk))
+    assert 'data-state="interrupted"' in html and 'data-state="not_run"' in html
+    assert "Running" not in html and "Allow" not in html

@@ -54,9 +54,21 @@ TOOL_STATES = {
 
 
 @register.filter
-def tool_state(call) -> str:
-    """A tool call's state in words, with its duration once it answered."""
-    label = TOOL_STATES.get(call.get("state"), str(call.get("state", "")))
+def call_state(call, message_status) -> str:
+    """A call's state as shown: a reply that ended (even by a crash, which stored nothing
+    more) has no call waiting or running any more."""
+    state = call.get("state", "")
+    if message_status != "streaming":
+        return {"asked": "not_run", "waiting": "not_run", "running": "interrupted"}.get(
+            state, state
+        )
+    return state
+
+
+@register.filter
+def tool_state(call, state) -> str:
+    """A call's state in words, with its duration once it answered."""
+    label = TOOL_STATES.get(state, str(state))
     seconds = call.get("seconds")
     if isinstance(seconds, int | float):
         label += f" in {seconds:.2f} s" if seconds < 10 else f" in {seconds:.0f} s"
