@@ -111,6 +111,10 @@ class Conversation(models.Model):
     title = models.CharField(max_length=200, blank=True)
     model = models.CharField(max_length=200, blank=True, help_text="Model name sent upstream.")
     system_prompt = models.TextField(blank=True)
+    # Sampling parameters sent with every request; empty leaves the server's default.
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
     # The tools its owner switched off for it (their names as offered to the model).
     disabled_tools = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -142,6 +146,12 @@ class Conversation(models.Model):
         return model_label(self.model)
 
     MAX_TOOL_NAMES = 1000
+
+    def parameters(self) -> dict:
+        """What its requests carry besides the messages: the parameters that are set."""
+        values = {"temperature": self.temperature, "top_p": self.top_p}
+        values["max_tokens"] = self.max_tokens
+        return {name: value for name, value in values.items() if value is not None}
 
     def tools(self) -> "ToolPolicy":
         """Which tools its replies offer (as stored when it was last read), and which ask."""
@@ -830,6 +840,31 @@ class ToolPolicy:
             return False
         row = self.settings.get((tool.server, tool.name))
         return row is None or not row.allowed_without_asking
+
+
+class Preset(models.Model):
+    """A person's named instructions and parameters, to start conversations from."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presets"
+    )
+    name = models.CharField(max_length=100)
+    model = models.CharField(max_length=200, blank=True)
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    FIELDS = ("model", "system_prompt", "temperature", "top_p", "max_tokens")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="one_preset_per_name")
+        ]
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
 
 
 class ToolSetting(models.Model):
