@@ -223,6 +223,8 @@ OPENAI_API_KEY = env("OPENAI_API_KEY")
 CHAT_DEMO_TOKENS_PER_SECOND = env_float("CHAT_DEMO_TOKENS_PER_SECOND", 60.0)
 # Empty means the upstream's first model (or the demo model).
 CHAT_MODEL = env("CHAT_MODEL")
+# Seconds the upstream's model list (GET /models), offered in each conversation, is kept.
+CHAT_MODELS_TTL = env_float("CHAT_MODELS_TTL", 300.0)
 # Seconds without a byte from the upstream before a reply is given up as interrupted.
 CHAT_UPSTREAM_IDLE_TIMEOUT = env_float("CHAT_UPSTREAM_IDLE_TIMEOUT", 60.0)
 # Frames to browsers: the first text of a reply goes at once; after that, text is merged

@@ -45,6 +45,7 @@ class StartedReply:
     replaced: int | None = None  # the reply this one replaces (regenerate)
     retitled: "Conversation | None" = None  # the conversation, when its title was just set
     tools: "ToolPolicy" = field(default_factory=lambda: ToolPolicy())  # which it may call
+    parameters: dict = field(default_factory=dict)  # sent with each of its requests
 
 
 def model_label(name: str) -> str:
@@ -252,7 +253,14 @@ class Conversation(models.Model):
         except IntegrityError as error:
             raise ReplyInProgress from error
         retitled = self if retitled else None
-        return StartedReply(reply, prompt, [sent, reply], retitled=retitled, tools=self.tools())
+        return StartedReply(
+            reply,
+            prompt,
+            [sent, reply],
+            retitled=retitled,
+            tools=self.tools(),
+            parameters=self.parameters(),
+        )
 
     def regenerate(self, message_id, default_model: str) -> StartedReply:
         """Delete the latest reply and start a new one from the same history."""
@@ -268,7 +276,14 @@ class Conversation(models.Model):
                 prompt = self.prompt()
         except IntegrityError as error:
             raise ReplyInProgress from error
-        return StartedReply(reply, prompt, [reply], replaced=old.pk, tools=self.tools())
+        return StartedReply(
+            reply,
+            prompt,
+            [reply],
+            replaced=old.pk,
+            tools=self.tools(),
+            parameters=self.parameters(),
+        )
 
     def resume(self, message_id) -> StartedReply:
         """Carry an interrupted, stopped or length-cut latest reply on, in the same message."""
@@ -283,7 +298,12 @@ class Conversation(models.Model):
                     raise ReplyInProgress
         except IntegrityError as error:
             raise ReplyInProgress from error
-        return StartedReply(reply, self.prompt(continuing=reply), tools=self.tools())
+        return StartedReply(
+            reply,
+            self.prompt(continuing=reply),
+            tools=self.tools(),
+            parameters=self.parameters(),
+        )
 
     def admit_reply(self) -> None:
         """Record a reply about to start, or refuse it past the owner's limits: upstream

@@ -571,6 +571,13 @@ def tools_html(message) -> str:
     return _partial("tools", {"message": message})
 
 
+def settings_html(conversation, form, saved: str = "", opened: bool = False) -> str:
+    """The conversation's settings form: its model picker, and behind "Settings" its
+    system prompt and parameters."""
+    context = {"conversation": conversation, "settings_form": form, "saved": saved}
+    return _partial("settings", {**context, "settings_opened": opened})
+
+
 def tools_panel_html(conversation, panel: dict) -> str:
     """A conversation's Tools panel (see ``tool_calls.tool_panel``)."""
     return _partial("tools_panel", {"conversation": conversation, **panel})

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 async def start_reply(started: StartedReply) -> "ReplyStream":
     """Show a reply that was just stored as streaming on every socket, and start writing it."""
-    reply = ReplyStream(started.reply, started.prompt, started.tools)
+    reply = ReplyStream(started.reply, started.prompt, started.tools, started.parameters)
     await reply.start(started_html(started))
     return reply
 
@@ -196,8 +196,15 @@ class Reply:
 class ReplyStream:
     """One assistant reply being written: read, published, then stored."""
 
-    def __init__(self, message: Message, prompt: list[dict], tools: ToolPolicy | None = None):
+    def __init__(
+        self,
+        message: Message,
+        prompt: list[dict],
+        tools: ToolPolicy | None = None,
+        parameters: dict | None = None,
+    ):
         self.message = message
+        self.parameters = parameters or {}  # temperature, top_p, max_tokens
         self.prompt = prompt  # the conversation so far; tool rounds of this run follow it
         self.reply = Reply(message)
         self.layer = get_channel_layer()
@@ -314,7 +321,7 @@ class ReplyStream:
         while True:
             received = False
             include_usage = base_url not in runtime.without_stream_options
-            extra = {}
+            extra = dict(self.parameters)
             if offered:
                 extra = {"tools": offered, "tool_choice": "none" if last else "auto"}
             try:

@@ -15,6 +15,7 @@ import sys
 import time
 
 import httpx
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -47,6 +48,7 @@ class Runtime:
         # An AsyncClient's pool belongs to the event loop it first ran on.
         self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
         self._first_models: dict[str, str] = {}
+        self._models: dict[str, tuple[float, list[str]]] = {}  # base URL -> (at, names)
         self.without_stream_options: set[str] = set()  # base URLs that refuse it
         self._demo: demo.ServerThread | None = None
         # The MCP servers' sessions belong to the event loop that opened them.
@@ -223,6 +225,40 @@ class Runtime:
                 return ""
             self._first_models[base_url] = models[0] if models else ""
         return self._first_models[base_url]
+
+    async def models(self, client: httpx.AsyncClient | None = None) -> list[str]:
+        """The model names to offer: the upstream's /models (kept CHAT_MODELS_TTL seconds;
+        a failure is retried after a few seconds), CHAT_MODEL first if it is not listed."""
+        if not settings.OPENAI_BASE_URL:
+            return [demo.DEMO_MODEL]
+        base_url, now = settings.OPENAI_BASE_URL, time.monotonic()
+        at, names = self._models.get(base_url, (float("-inf"), []))
+        if now - at > (settings.CHAT_MODELS_TTL if names else 5.0):
+            try:
+                names = await upstream.list_models(
+                    base_url, client=client or self.http(), api_key=settings.OPENAI_API_KEY
+                )
+            except upstream.UpstreamError as error:
+                log.warning("could not list the upstream's models: %s", error)
+                names = []
+            self._models[base_url] = (now, names)
+        configured = [settings.CHAT_MODEL] if settings.CHAT_MODEL else []
+        return configured + [name for name in names if name not in configured]
+
+    def model_names(self) -> list[str]:
+        """``models()`` from a request's thread (a sync view): on the serving loop, or, when
+        no server runs the site (a test's client), on a loop of its own."""
+        loop = self.loop
+        if loop is not None and loop.is_running():
+            with contextlib.suppress(Exception):
+                return asyncio.run_coroutine_threadsafe(self.models(), loop).result(5)
+            return []
+
+        async def once():
+            async with upstream.new_client() as client:
+                return await self.models(client)
+
+        return async_to_sync(once)()
 
     # --- tools ---------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ urlpatterns = [
     path("", views.conversation_list, name="conversation-list"),
     path("c/new/", views.conversation_create, name="conversation-create"),
     path("c/<int:pk>/", views.conversation_detail, name="conversation-detail"),
+    path("c/<int:pk>/settings/", views.conversation_settings, name="conversation-settings"),
     path("c/<int:pk>/tools/", views.conversation_tools, name="conversation-tools"),
     path("c/<int:pk>/delete/", views.conversation_delete, name="conversation-delete"),
     path("c/<int:pk>/export.json", views.conversation_export, name="conversation-export"),

@@ -9,8 +9,9 @@ from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from . import page
-from .models import Conversation, model_label
-from .rendering import tools_panel_html
+from .forms import ConversationSettingsForm
+from .models import Conversation, Preset, model_label
+from .rendering import settings_html, tools_panel_html
 from .runtime import runtime
 from .tool_calls import tool_panel
 
@@ -28,14 +29,24 @@ def conversation_list(request):
     return render(
         request,
         "conversations/conversation_list.html",
-        {"conversations": conversations, "default_model_label": model_label("")},
+        {
+            "conversations": conversations,
+            "default_model_label": model_label(""),
+            "presets": Preset.objects.filter(owner=request.user),
+        },
     )
 
 
 @require_POST
 @login_required
 def conversation_create(request):
-    conversation = Conversation.objects.create(owner=request.user)
+    conversation = Conversation(owner=request.user)
+    preset = Preset.objects.filter(owner=request.user, pk=request.POST.get("preset") or 0)
+    preset = preset.first() if str(request.POST.get("preset", "")).isdigit() else None
+    if preset is not None:
+        for field in Preset.FIELDS:
+            setattr(conversation, field, getattr(preset, field))
+    conversation.save()
     return redirect(conversation)
 
 
@@ -52,9 +63,32 @@ def conversation_detail(request, pk):
             "conversation": conversation,
             "messages": list(conversation.messages.all()),
             "conversations": Conversation.objects.owned_by(request.user)[:200],
+            "settings_form": ConversationSettingsForm(
+                instance=conversation, models=runtime.model_names()
+            ),
             **page.context(),
         },
     )
+
+
+@require_POST
+@login_required
+@cache_control(private=True)
+def conversation_settings(request, pk):
+    """Save the conversation's model, instructions and parameters (from the next reply on)."""
+    conversation = own_conversation(request, pk)
+    form = ConversationSettingsForm(
+        request.POST, instance=conversation, models=runtime.model_names()
+    )
+    saved = ""
+    if form.is_valid():
+        form.save()
+        preset = form.save_preset(request.user)
+        saved = "Saved: it applies from the next reply."
+        if preset is not None:
+            saved = f"Saved, and kept as the preset “{preset.name}”."
+    opened = request.POST.get("opened") == "1"
+    return HttpResponse(settings_html(conversation, form, saved=saved, opened=opened))
 
 
 @require_http_methods(["GET", "POST"])

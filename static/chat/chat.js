@@ -140,5 +140,13 @@
     banner.hidden = false;
   });
 
+  // The settings form remembers whether its panel was open, so a save keeps it open.
+  document.addEventListener("toggle", function (event) {
+    var panel = event.target;
+    if (!panel.classList || !panel.classList.contains("settings-panel")) return;
+    var opened = panel.querySelector("input[name=opened]");
+    if (opened) opened.value = panel.open ? "1" : "";
+  }, true);
+
   document.addEventListener("DOMContentLoaded", scrollToBottom);
 })();

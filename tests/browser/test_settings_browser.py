@@ -1,0 +1,91 @@
+"""The model picker and the Settings panel in Chromium, at desktop and phone widths.
+
+The upstream lists two models and writes back what it was asked with, so the page shows
+that the chosen model, system prompt and temperature reached it. Screenshots go to
+tests/screenshots/ (ignored by git).
+"""
+
+from pathlib import Path
+
+import pytest
+from live import LiveSite, log_in
+
+from conversations.demo import Exchange, ServerThread, chunk
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
+WIDTHS = {"desktop": {"width": 1100, "height": 800}, "phone": {"width": 360, "height": 740}}
+
+
+async def echo_settings(exchange: Exchange) -> None:
+    if exchange.method == "GET" and exchange.path.endswith("/models"):
+        data = [{"id": name, "object": "model"} for name in ("alpha-7b", "beta-70b")]
+        await exchange.respond_json(200, {"object": "list", "data": data})
+        return
+    request = exchange.json
+    system = [m["content"] for m in request["messages"] if m["role"] == "system"]
+    said = (
+        f"model={request['model']} system={system[0] if system else '-'} "
+        f"temperature={request.get('temperature', '-')}"
+    )
+    await exchange.start()
+    await exchange.send_event(chunk("c1", request["model"], {"content": said}))
+    await exchange.send_event(chunk("c1", request["model"], {}, "stop"))
+    await exchange.send_event("[DONE]")
+
+
+@pytest.fixture(scope="module")
+def settings_site(tmp_path_factory):
+    upstream = ServerThread(echo_settings).start()
+    site = LiveSite(tmp_path_factory.mktemp("settings-site"), upstream.base_url, CHAT_MODEL="")
+    site.start()
+    yield site
+    site.stop()
+    upstream.stop()
+
+
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_the_chosen_model_and_settings_reach_the_model_and_stay_after_a_reload(
+    browser, settings_site, width
+):
+    context = browser.new_context(base_url=settings_site.url, viewport=WIDTHS[width])
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        log_in(page, settings_site)
+        page.get_by_role("button", name="New conversation").first.click()
+        page.locator("#chat[data-socket=open]").wait_for()
+
+        picker = page.locator("select[name=model]")
+        assert picker.input_value() == "alpha-7b"
+        box = picker.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= WIDTHS[width]["width"]
+        picker.select_option("beta-70b")
+        page.get_by_text("it applies from the next reply").wait_for()
+
+        page.get_by_text("Settings", exact=True).click()
+        page.locator("textarea[name=system_prompt]").fill("Be brief.")
+        page.locator("input[name=temperature]").fill("0.4")
+        page.get_by_role("button", name="Save settings").click()
+        page.get_by_text("it applies from the next reply").wait_for()
+        assert page.locator("details.settings-panel").evaluate("d => d.open") is True
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / f"settings-{width}.png", full_page=True)
+
+        page.locator("textarea[name=content]").fill("hi")
+        page.locator("textarea[name=content]").press("Enter")
+        reply = page.locator("[data-role=assistant][data-status=complete]").last
+        reply.wait_for()
+        assert reply.inner_text().strip() == "model=beta-70b system=Be brief. temperature=0.4"
+        assert "beta-70b" in page.locator(".turn-assistant .model").last.inner_text()
+
+        page.reload()
+        page.locator("#chat[data-socket=open]").wait_for()
+        assert page.locator("select[name=model]").input_value() == "beta-70b"
+        page.get_by_text("Settings", exact=True).click()
+        assert page.locator("textarea[name=system_prompt]").input_value() == "Be brief."
+        assert page.locator("input[name=temperature]").input_value() == "0.4"
+        page.screenshot(path=SCREENSHOTS / f"conversation-{width}.png", full_page=True)
+    finally:
+        context.close()
