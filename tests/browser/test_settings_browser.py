@@ -89,3 +89,51 @@ def test_the_chosen_model_and_settings_reach_the_model_and_stay_after_a_reload(
         page.screenshot(path=SCREENSHOTS / f"conversation-{width}.png", full_page=True)
     finally:
         context.close()
+
+
+def test_at_phone_width_the_conversation_list_is_a_drawer(browser, settings_site):
+    context = browser.new_context(base_url=settings_site.url, viewport=WIDTHS["phone"])
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        log_in(page, settings_site)
+        page.get_by_role("button", name="New conversation").first.click()
+        page.locator("#chat[data-socket=open]").wait_for()
+        page.locator("textarea[name=content]").fill("drawer test")
+        page.locator("textarea[name=content]").press("Enter")
+        page.locator("[data-role=assistant][data-status=complete]").wait_for()
+        first = page.url
+        sidebar = page.locator("#sidebar")
+        button = page.get_by_role("button", name="Conversations")
+        assert sidebar.is_hidden() and button.get_attribute("aria-expanded") == "false"
+        button.click()
+        sidebar.get_by_role("button", name="New conversation").click()  # from the drawer
+        page.wait_for_url(lambda url: url != first)
+        page.locator("#chat[data-socket=open]").wait_for()
+        assert sidebar.is_hidden()
+
+        button.click()
+        assert sidebar.is_visible() and button.get_attribute("aria-expanded") == "true"
+        box = sidebar.bounding_box()
+        assert box["x"] == 0 and box["width"] <= 360
+        page.screenshot(path=SCREENSHOTS / "drawer-phone.png")
+        page.keyboard.press("Escape")
+        assert sidebar.is_hidden()
+
+        button.click()
+        sidebar.get_by_role("link", name="drawer test").click()
+        page.wait_for_url(first)
+        page.locator("#chat[data-socket=open]").wait_for()
+        assert page.locator("#sidebar").is_hidden()
+        assert "drawer test" in page.locator("[data-role=user]").first.inner_text()
+    finally:
+        context.close()
+
+    wide = browser.new_context(base_url=settings_site.url, viewport=WIDTHS["desktop"])
+    page = wide.new_page()
+    try:
+        log_in(page, settings_site)
+        assert page.get_by_role("button", name="Conversations").is_hidden()
+        assert page.locator("#sidebar").is_visible()
+    finally:
+        wide.close()
