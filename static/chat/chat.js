@@ -69,7 +69,44 @@
   // and written once per animation frame, not once per frame from the socket.
   var stickToBottom = true;
   var scrollPending = false;
-  window.addEventListener("scroll", function () { stickToBottom = nearBottom(); }, { passive: true });
+  window.addEventListener("scroll", function () {
+    stickToBottom = nearBottom();
+    showJump();
+  }, { passive: true });
+
+  // "Jump to latest" shows while the reader is scrolled up from the end.
+  function showJump() {
+    var jump = document.getElementById("jump-latest");
+    if (jump) jump.hidden = stickToBottom;
+  }
+
+  document.addEventListener("click", function (event) {
+    if (!event.target.closest("#jump-latest")) return;
+    scrollToBottom();
+    stickToBottom = true;
+    showJump();
+  });
+
+  // Times as "5 min ago"; the element's title keeps the full date. Redone each minute.
+  var relative = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+  function showTimes() {
+    var now = Date.now();
+    document.querySelectorAll("time[data-relative]").forEach(function (el) {
+      var then = Date.parse(el.getAttribute("datetime"));
+      if (isNaN(then)) return;
+      var seconds = Math.round((then - now) / 1000);
+      var text;
+      if (Math.abs(seconds) < 45) text = "just now";
+      else if (Math.abs(seconds) < 3600) text = relative.format(Math.round(seconds / 60), "minute");
+      else if (Math.abs(seconds) < 86400) text = relative.format(Math.round(seconds / 3600), "hour");
+      else if (Math.abs(seconds) < 7 * 86400) text = relative.format(Math.round(seconds / 86400), "day");
+      else text = new Date(then).toLocaleDateString();
+      if (el.textContent !== text) el.textContent = text;
+      if (!el.title) el.title = new Date(then).toLocaleString();
+    });
+  }
+  document.addEventListener("DOMContentLoaded", showTimes);
+  setInterval(showTimes, 60000);
 
   // A reply's reasoning is open while the model thinks and closes once, when the answer
   // begins (its summary then says "Thought for N s"); the reader can open it again.
@@ -86,6 +123,7 @@
 
   document.addEventListener("htmx:wsAfterMessage", function () {
     closeFinishedThinking();
+    showTimes();
     var refused = document.querySelector("#notices [data-refused='send']");
     if (refused) {
       refused.removeAttribute("data-refused");

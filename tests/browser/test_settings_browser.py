@@ -121,7 +121,7 @@ def test_at_phone_width_the_conversation_list_is_a_drawer(browser, settings_site
         assert sidebar.is_hidden()
 
         button.click()
-        sidebar.get_by_role("link", name="drawer test").click()
+        sidebar.locator(f'a[href="{first.removeprefix(settings_site.url)}"]').click()
         page.wait_for_url(first)
         page.locator("#chat[data-socket=open]").wait_for()
         assert page.locator("#sidebar").is_hidden()
@@ -137,3 +137,37 @@ def test_at_phone_width_the_conversation_list_is_a_drawer(browser, settings_site
         assert page.locator("#sidebar").is_visible()
     finally:
         wide.close()
+
+
+def test_dark_theme_relative_times_and_jump_to_latest(browser, settings_site):
+    context = browser.new_context(
+        base_url=settings_site.url, viewport=WIDTHS["phone"], color_scheme="dark"
+    )
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        log_in(page, settings_site)
+        page.locator("#sidebar").evaluate("s => s.querySelector('button').click()")
+        page.locator("#chat[data-socket=open]").wait_for()
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(21, 23, 27)"  # the dark --bg
+        for n in range(4):
+            page.locator("textarea[name=content]").fill(f"message {n}")
+            page.locator("textarea[name=content]").press("Enter")
+            page.locator("[data-role=assistant][data-status=complete]").nth(n).wait_for()
+        assert page.locator(".turn-meta time").first.inner_text() == "just now"
+        assert page.locator(".turn-meta time").first.get_attribute("title")
+
+        jump = page.get_by_role("button", name="Jump to latest")
+        assert jump.is_hidden()
+        page.evaluate("window.scrollTo(0, 0)")
+        jump.wait_for()
+        page.screenshot(path=SCREENSHOTS / "dark-phone.png")
+        jump.click()
+        page.wait_for_function(
+            "() => { const d = document.scrollingElement;"
+            " return d.scrollHeight - d.scrollTop - d.clientHeight < 120; }"
+        )
+        assert jump.is_hidden()
+    finally:
+        context.close()
