@@ -225,6 +225,9 @@ CHAT_DEMO_TOKENS_PER_SECOND = env_float("CHAT_DEMO_TOKENS_PER_SECOND", 60.0)
 CHAT_MODEL = env("CHAT_MODEL")
 # Seconds the upstream's model list (GET /models), offered in each conversation, is kept.
 CHAT_MODELS_TTL = env_float("CHAT_MODELS_TTL", 300.0)
+# After a conversation's first reply, ask its model for a short title (one more upstream
+# request, counted in CHAT_MESSAGES_PER_MINUTE); off, or failing, the first words stay.
+CHAT_GENERATE_TITLES = env_bool("CHAT_GENERATE_TITLES", True)
 # Seconds without a byte from the upstream before a reply is given up as interrupted.
 CHAT_UPSTREAM_IDLE_TIMEOUT = env_float("CHAT_UPSTREAM_IDLE_TIMEOUT", 60.0)
 # Frames to browsers: the first text of a reply goes at once; after that, text is merged

@@ -351,6 +351,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.awaiting_snapshot.discard(event.message_id)
         await self.send(event.html)
 
+    async def conversation_retitled(self, event):  # events.ConversationRetitled
+        await self.send(event.html)
+
     async def site_closing(self, event: SiteClosing):
         await self.close(code=CLOSE_GOING_AWAY)
 

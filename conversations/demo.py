@@ -264,6 +264,19 @@ def demo_reply_text(user_text: str, min_tokens: int = 0) -> str:
     return text
 
 
+def demo_title(messages: list) -> str | None:
+    """A request whose system message asks for a title gets one: the first user message's
+    first words. None for any other request."""
+    asked = any(
+        m.get("role") == "system" and "title" in _text(m.get("content")).lower() for m in messages
+    )
+    if not asked:
+        return None
+    first = next((_text(m.get("content")) for m in messages if m.get("role") == "user"), "")
+    title = " ".join(first.split()[:5])
+    return title[:1].upper() + title[1:] if title else "Demo conversation"
+
+
 def demo_reasoning_text(user_text: str) -> str:
     """What the demo "thinks" before its reply (streamed as ``delta.reasoning``)."""
     return DEMO_REASONING.format(echo=" ".join(user_text.split())[:60] or "(empty)")
@@ -534,7 +547,7 @@ class DemoModel:
         prompt_tokens = sum(len(split_tokens(_text(m.get("content")))) for m in messages)
         after_tools = bool(messages) and messages[-1].get("role") == "tool"
         if not request.get("stream"):
-            text = tool_answer_text(tool_results(messages)) if after_tools else None
+            text = tool_answer_text(tool_results(messages)) if after_tools else demo_title(messages)
             await self._respond_whole(exchange, model, user_text, prompt_tokens, text)
             return
         calls = []

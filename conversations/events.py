@@ -93,6 +93,14 @@ class ReplyFinished(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationRetitled(Event):
+    """The model wrote the conversation's title: ``html`` puts it in the heading and the list."""
+
+    type: ClassVar[str] = "conversation.retitled"
+    html: str
+
+
+@dataclass(frozen=True, slots=True)
 class SiteClosing(Event):
     """The process is stopping: after the final elements above, close with 1001 (the page
     reconnects, to another process or to this one restarted)."""
@@ -135,6 +143,7 @@ TO_SOCKETS = {
         ReplyStatus,
         ReplyTools,
         ReplyFinished,
+        ConversationRetitled,
         SiteClosing,
     )
 }

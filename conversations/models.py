@@ -110,6 +110,8 @@ class Conversation(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
     )
     title = models.CharField(max_length=200, blank=True)
+    # The model wrote the title (conversations/titles.py), in place of the first words.
+    title_generated = models.BooleanField(default=False)
     model = models.CharField(max_length=200, blank=True, help_text="Model name sent upstream.")
     system_prompt = models.TextField(blank=True)
     # Sampling parameters sent with every request; empty leaves the server's default.
@@ -340,6 +342,16 @@ class Conversation(models.Model):
                     "model read their results."
                 )
             UpstreamRequest.objects.create(user_id=owner_id)
+
+    @staticmethod
+    def admit_title(owner_id: int) -> bool:
+        """Record the request that asks the model for a title; past the owner's per-minute
+        limit, record nothing and answer False (the title stays the first words)."""
+        with transaction.atomic():
+            if UpstreamRequest.wait_for(owner_id):
+                return False
+            UpstreamRequest.objects.create(user_id=owner_id)
+        return True
 
     def _latest_reply(self, message_id) -> "Message":
         last = self.messages.order_by("-pk").first()

@@ -619,3 +619,8 @@ def notice_html(text: str, level: str = "error", refused: str = "") -> str:
     puts the text back in the composer.
     """
     return _partial("notice", {"notice": text, "level": level, "refused": refused})
+
+
+def retitled_html(conversation) -> str:
+    """The conversation's new title in its heading and its link in the list."""
+    return _partial("retitled", {"conversation": conversation})

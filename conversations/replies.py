@@ -380,6 +380,9 @@ class ReplyStream:
             await self.layer.group_send(
                 sockets_group(self.message.conversation_id), finished.as_message()
             )
+            from . import titles  # the first complete reply asks for a title, unawaited
+
+            titles.after_reply(self.message)
         finally:
             runtime.discard(self)
             await self.layer.group_discard(reply_group(self.message.conversation_id), self._control)

@@ -26,8 +26,11 @@ def fresh_channel_layer():
 
 @pytest.fixture(autouse=True)
 def no_tools_unless_asked(settings):
-    """Replies offer no tools, unless a test configures tool servers (tests/test_tool_replies)."""
+    """Replies offer no tools, unless a test configures tool servers (tests/test_tool_replies),
+    and ask for no title, unless a test wants one (tests/test_titles): the upstream then
+    sees only the requests a test makes."""
     settings.CHAT_MCP_CONFIG = "off"
+    settings.CHAT_GENERATE_TITLES = False
 
 
 @pytest.fixture(autouse=True)

@@ -66,6 +66,7 @@ class LiveSite:
             "DJANGO_DEBUG": "1",
             "REDIS_URL": "",
             "CHAT_MCP_CONFIG": "off",  # a test that wants tools names its servers
+            "CHAT_GENERATE_TITLES": "0",  # nor titles
             "DJANGO_SUPERUSER_USERNAME": self.username,
             "DJANGO_SUPERUSER_PASSWORD": self.password,
             "DJANGO_SUPERUSER_EMAIL": "reader@example.com",

@@ -4,11 +4,12 @@
 typed events (``TextDelta``, ``ReasoningDelta``, ``ToolCallDelta``, ``Finish``,
 ...) as the Server-Sent Events arrive. Every failure is an ``UpstreamError``
 whose ``str()`` is fit to show a person and whose ``retryable`` says whether
-trying again could help. The caller owns the HTTP client: ``new_client()`` once, passed as
-``client=`` to every call, closed at shutdown.
+trying again could help. ``complete_chat`` asks for one completion whole
+(``stream: false``) and returns its text. The caller owns the HTTP client:
+``new_client()`` once, passed as ``client=`` to every call, closed at shutdown.
 """
 
-from .client import list_models, new_client, stream_chat
+from .client import complete_chat, list_models, new_client, stream_chat
 from .errors import (
     ConnectError,
     HTTPStatusError,
@@ -43,6 +44,7 @@ __all__ = [
     "ToolCallDelta",
     "UpstreamError",
     "Usage",
+    "complete_chat",
     "list_models",
     "new_client",
     "stream_chat",

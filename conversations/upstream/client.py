@@ -1,4 +1,5 @@
-"""The HTTP side: one POST streamed as events, one GET of the model list.
+"""The HTTP side: one POST streamed as events, one POST answered whole, one GET of the
+model list.
 
 The caller owns the ``httpx.AsyncClient`` (one per process, from ``new_client``,
 closed at shutdown) and passes it to every call.
@@ -6,6 +7,7 @@ closed at shutdown) and passes it to every call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -13,16 +15,17 @@ from collections.abc import AsyncIterator
 import httpx
 
 from .errors import StreamInterrupted, UpstreamError, host, shorten, status_error, transport_error
-from .events import Event
+from .events import Event, TextDelta, TextWasReasoning
 from .parse import StreamParser
 
-__all__ = ["list_models", "new_client", "stream_chat"]
+__all__ = ["complete_chat", "list_models", "new_client", "stream_chat"]
 
 CONNECT_TIMEOUT = 10.0
 WRITE_TIMEOUT = 30.0
 POOL_TIMEOUT = 30.0
 LIST_MODELS_TIMEOUT = 30.0
 MAX_ERROR_BODY = 64 * 1024  # an error page is read this far, no further
+MAX_COMPLETION_BODY = 4 * 1024 * 1024  # a whole completion larger than this is refused
 
 
 def new_client() -> httpx.AsyncClient:
@@ -106,6 +109,73 @@ async def stream_chat(
             f"The stream from {host(url)} ended before the reply finished "
             "(no finish_reason arrived)."
         )
+
+
+async def complete_chat(
+    base_url: str,
+    *,
+    client: httpx.AsyncClient,
+    model: str,
+    messages: list[dict],
+    api_key: str = "",
+    time_limit: float = 30.0,
+    extra: dict | None = None,
+) -> str:
+    """One chat completion asked for whole (``stream: false``): the text of its answer.
+
+    Reasoning is left out, in whichever field or inline ``<think>`` tags it comes; a
+    server that streams anyway is read to its end. Raises an UpstreamError if it
+    fails, also when the whole exchange takes longer than ``time_limit`` seconds.
+    """
+    url = _endpoint(base_url, "chat/completions")
+    payload: dict = {"model": model, "messages": messages, "stream": False}
+    payload.update(extra or {})
+    timeout = httpx.Timeout(
+        time_limit,
+        connect=min(CONNECT_TIMEOUT, time_limit),
+        write=min(WRITE_TIMEOUT, time_limit),
+        pool=min(POOL_TIMEOUT, time_limit),
+    )
+    try:
+        async with asyncio.timeout(time_limit):
+            async with client.stream(
+                "POST",
+                url,
+                json=payload,
+                headers=_headers(api_key, accept="application/json"),
+                timeout=timeout,
+            ) as response:
+                await _raise_for_status(response, model=model, api_key=api_key)
+                streamed = _media_type(response) == "text/event-stream"
+                body = bytearray()
+                async with contextlib.aclosing(response.aiter_bytes()) as chunks:
+                    async for chunk in chunks:
+                        body += chunk
+                        if len(body) > MAX_COMPLETION_BODY:
+                            raise UpstreamError(
+                                f"Upstream {host(url)} sent a completion larger than "
+                                f"{MAX_COMPLETION_BODY // (1024 * 1024)} MiB."
+                            )
+    except TimeoutError as exc:
+        message = f"Upstream {host(url)} did not answer within {time_limit:g} s."
+        raise UpstreamError(message) from exc
+    except httpx.TransportError as exc:
+        raise transport_error(exc, url, time_limit) from exc
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise UpstreamError(f"Request to {host(url)} failed: {exc}") from exc
+    parser = StreamParser(api_key)
+    if streamed:
+        events = [*parser.feed(bytes(body)), *parser.close()]
+    else:
+        events = list(parser.whole(bytes(body)))
+    text = ""
+    for event in events:
+        match event:
+            case TextDelta(piece):
+                text += piece
+            case TextWasReasoning():  # a closing think tag without an opening one
+                text = ""
+    return text
 
 
 async def list_models(base_url: str, *, client: httpx.AsyncClient, api_key: str = "") -> list[str]:
