@@ -8,10 +8,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from . import page
+from . import page, search
 from .forms import ConversationSettingsForm
 from .models import Conversation, Preset, model_label
-from .rendering import settings_html, tools_panel_html
+from .rendering import retitled_html, settings_html, tools_panel_html
 from .runtime import runtime
 from .tool_calls import tool_panel
 
@@ -35,6 +35,35 @@ def conversation_list(request):
             "presets": Preset.objects.filter(owner=request.user),
         },
     )
+
+
+@require_POST
+@login_required
+def conversation_rename(request, pk):
+    """A title given by its owner: in the heading and the list at once, never replaced by
+    one the model writes."""
+    conversation = own_conversation(request, pk)
+    title = " ".join(request.POST.get("title", "").split())[:200]
+    if title:
+        conversation.title = title  # no longer the first words: the model's title skips it
+        conversation.save(update_fields=["title"])
+    return HttpResponse(retitled_html(conversation))
+
+
+@require_safe
+@login_required
+@cache_control(private=True)
+def conversation_search(request):
+    """The sidebar's list for a search (by title and message text), or the recent ones."""
+    query = request.GET.get("q", "").strip()[: search.MAX_QUERY]
+    current = request.GET.get("current", "")
+    context = {
+        "current": int(current) if current.isdigit() else None,
+        "query": query,
+        "hits": search.search(request.user, query) if query else None,
+        "conversations": Conversation.objects.owned_by(request.user)[:200],
+    }
+    return render(request, "conversations/_conversation_links.html", context)
 
 
 @require_POST

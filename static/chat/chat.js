@@ -178,6 +178,33 @@
     banner.hidden = false;
   });
 
+  // Rename in place: the button opens a small form over the title; Escape or a save closes it.
+  function renameForm() { return document.getElementById("rename-form"); }
+  function setRenaming(open) {
+    var form = renameForm(), button = document.querySelector(".rename-toggle");
+    if (!form || !button) return;
+    form.hidden = !open;
+    button.setAttribute("aria-expanded", open ? "true" : "false");
+    if (open) {
+      var input = form.querySelector("input[name=title]");
+      var title = document.getElementById("conversation-title");
+      if (!input.value && title) input.value = title.textContent.trim();
+      input.focus();
+      input.select();
+    } else {
+      button.focus();
+    }
+  }
+  document.addEventListener("click", function (event) {
+    if (event.target.closest(".rename-toggle")) setRenaming(renameForm().hidden);
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape" && event.target.closest("#rename-form")) setRenaming(false);
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (event.detail.elt === renameForm() && event.detail.successful) setRenaming(false);
+  });
+
   // The settings form remembers whether its panel was open, so a save keeps it open.
   document.addEventListener("toggle", function (event) {
     var panel = event.target;

@@ -24,6 +24,11 @@ async def echo_settings(exchange: Exchange) -> None:
         await exchange.respond_json(200, {"object": "list", "data": data})
         return
     request = exchange.json
+    if not request.get("stream"):  # the request for a title
+        choice = {"index": 0, "message": {"role": "assistant", "content": "Echoed"}}
+        body = {"object": "chat.completion", "choices": [{**choice, "finish_reason": "stop"}]}
+        await exchange.respond_json(200, body)
+        return
     system = [m["content"] for m in request["messages"] if m["role"] == "system"]
     said = (
         f"model={request['model']} system={system[0] if system else '-'} "
@@ -169,5 +174,68 @@ def test_dark_theme_relative_times_and_jump_to_latest(browser, settings_site):
             " return d.scrollHeight - d.scrollTop - d.clientHeight < 120; }"
         )
         assert jump.is_hidden()
+    finally:
+        context.close()
+
+
+def test_search_finds_a_conversation_by_a_word_in_a_message_and_shortcuts_work(
+    browser, settings_site
+):
+    context = browser.new_context(base_url=settings_site.url, viewport=WIDTHS["desktop"])
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        log_in(page, settings_site)
+        page.keyboard.press("Control+Shift+O")  # a new conversation
+        page.locator("#chat[data-socket=open]").wait_for()
+        page.locator("textarea[name=content]").fill("Tell me about the axolotl please")
+        page.locator("textarea[name=content]").press("Enter")
+        page.locator("[data-role=assistant][data-status=complete]").wait_for()
+        wanted = page.url.removeprefix(settings_site.url)
+        page.locator("#composer-content").blur()
+        page.keyboard.press("Control+Shift+O")
+        page.wait_for_url(lambda url: not url.endswith(wanted))
+        page.locator("#chat[data-socket=open]").wait_for()
+
+        page.keyboard.press("Control+k")
+        search = page.locator("input[name=q]")
+        assert search.evaluate("el => el === document.activeElement")
+        search.press_sequentially("axolo")
+        results = page.locator("#conversation-results")
+        results.locator(f'a[href="{wanted}"]').wait_for()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#conversation-results a').length === 1"
+        )
+        assert "axolotl" in results.inner_text()  # its title (first words) or a snippet
+        page.screenshot(path=SCREENSHOTS / "search-desktop.png")
+        search.fill("nothing-like-this-word")
+        page.get_by_text("Nothing found for").wait_for()
+        results = page.locator("#conversation-results")
+        search.fill("axolotl")
+        results.locator(f'a[href="{wanted}"]').click()
+        page.wait_for_url(f"{settings_site.url}{wanted}")
+    finally:
+        context.close()
+
+
+def test_a_conversation_is_renamed_in_place(browser, settings_site):
+    context = browser.new_context(base_url=settings_site.url, viewport=WIDTHS["desktop"])
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        log_in(page, settings_site)
+        page.get_by_role("button", name="New conversation").first.click()
+        page.locator("#chat[data-socket=open]").wait_for()
+        page.get_by_role("button", name="Rename").click()
+        title = page.locator("input[name=title]")
+        assert title.evaluate("el => el === document.activeElement")
+        title.fill("Garden plans")
+        title.press("Enter")
+        page.locator("#conversation-title", has_text="Garden plans").wait_for()
+        assert page.locator("#rename-form").is_hidden()
+        path = page.url.removeprefix(settings_site.url)
+        assert page.locator(f'#sidebar a[href="{path}"]').inner_text() == "Garden plans"
+        page.reload()
+        assert page.locator("#conversation-title").inner_text() == "Garden plans"
     finally:
         context.close()
