@@ -60,6 +60,10 @@ class ConversationQuerySet(models.QuerySet):
     def owned_by(self, user):
         return self.filter(owner=user)
 
+    def listed_for(self, user, limit: int = 200):
+        """The sidebar's list: pinned first, then newest activity first."""
+        return self.owned_by(user).order_by("-pinned", "-updated_at", "-pk")[:limit]
+
     # Reviewing (the admin). Per-conversation figures are correlated subqueries, not a
     # join with GROUP BY, so a filter or search that joins messages cannot multiply them.
 
@@ -110,6 +114,7 @@ class Conversation(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
     )
     title = models.CharField(max_length=200, blank=True)
+    pinned = models.BooleanField(default=False, help_text="Kept at the top of its owner's list.")
     # The model wrote the title (conversations/titles.py), in place of the first words.
     title_generated = models.BooleanField(default=False)
     model = models.CharField(max_length=200, blank=True, help_text="Model name sent upstream.")

@@ -7,6 +7,7 @@ urlpatterns = [
     path("search/", views.conversation_search, name="conversation-search"),
     path("c/new/", views.conversation_create, name="conversation-create"),
     path("c/<int:pk>/", views.conversation_detail, name="conversation-detail"),
+    path("c/<int:pk>/pin/", views.conversation_pin, name="conversation-pin"),
     path("c/<int:pk>/rename/", views.conversation_rename, name="conversation-rename"),
     path("c/<int:pk>/settings/", views.conversation_settings, name="conversation-settings"),
     path("c/<int:pk>/tools/", views.conversation_tools, name="conversation-tools"),

@@ -25,7 +25,7 @@ def own_conversation(request, pk) -> Conversation:
 @login_required
 @cache_control(private=True)  # one person's conversations: no shared cache keeps them
 def conversation_list(request):
-    conversations = Conversation.objects.owned_by(request.user)[:200]
+    conversations = Conversation.objects.listed_for(request.user)
     return render(
         request,
         "conversations/conversation_list.html",
@@ -50,6 +50,16 @@ def conversation_rename(request, pk):
     return HttpResponse(retitled_html(conversation))
 
 
+@require_POST
+@login_required
+def conversation_pin(request, pk):
+    """Pin the conversation to the top of the list, or unpin it."""
+    conversation = own_conversation(request, pk)
+    conversation.pinned = request.POST.get("pinned") == "1"
+    conversation.save(update_fields=["pinned"])
+    return redirect(conversation)
+
+
 @require_safe
 @login_required
 @cache_control(private=True)
@@ -61,7 +71,7 @@ def conversation_search(request):
         "current": int(current) if current.isdigit() else None,
         "query": query,
         "hits": search.search(request.user, query) if query else None,
-        "conversations": Conversation.objects.owned_by(request.user)[:200],
+        "conversations": Conversation.objects.listed_for(request.user),
     }
     return render(request, "conversations/_conversation_links.html", context)
 
@@ -69,7 +79,11 @@ def conversation_search(request):
 @require_POST
 @login_required
 def conversation_create(request):
-    conversation = Conversation(owner=request.user)
+    # An untouched conversation is reused, so clicking "New conversation" leaves no trail
+    # of empty rows.
+    empty = Conversation.objects.owned_by(request.user).filter(messages__isnull=True)
+    empty = empty.filter(title="", system_prompt="", pinned=False).first()
+    conversation = empty or Conversation(owner=request.user)
     preset = Preset.objects.filter(owner=request.user, pk=request.POST.get("preset") or 0)
     preset = preset.first() if str(request.POST.get("preset", "")).isdigit() else None
     if preset is not None:
@@ -91,7 +105,7 @@ def conversation_detail(request, pk):
         {
             "conversation": conversation,
             "messages": list(conversation.messages.all()),
-            "conversations": Conversation.objects.owned_by(request.user)[:200],
+            "conversations": Conversation.objects.listed_for(request.user),
             "settings_form": ConversationSettingsForm(
                 instance=conversation, models=runtime.model_names()
             ),

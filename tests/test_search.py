@@ -86,3 +86,29 @@ def test_renaming_sets_the_title_everywhere_and_for_good(client, user, other_use
     assert soup.title == "Leek soup"
     client.force_login(other_user)
     assert client.post(f"/c/{soup.pk}/rename/", {"title": "Mine"}).status_code == 404
+
+
+def test_pinned_conversations_come_first_in_the_list(client, user, library):
+    client.force_login(user)
+    soup, trip = library["soup"], library["trip"]
+    Conversation.objects.filter(pk=soup.pk).update(updated_at=trip.updated_at.replace(year=2001))
+    html = client.get("/").text
+    assert html.index("Trip") < html.index("Soup recipes")
+    response = client.post(f"/c/{soup.pk}/pin/", {"pinned": "1"})
+    assert response.status_code == 302
+    html = client.get("/").text
+    assert html.index("Soup recipes") < html.index("Trip") and 'class="pinned"' in html
+    assert "Unpin" in client.get(soup.get_absolute_url()).text
+    client.post(f"/c/{soup.pk}/pin/", {"pinned": ""})
+    soup.refresh_from_db()
+    assert soup.pinned is False
+
+
+def test_new_conversation_reuses_an_untouched_one(client, user):
+    client.force_login(user)
+    first = client.post("/c/new/")["Location"]
+    assert client.post("/c/new/")["Location"] == first
+    assert Conversation.objects.filter(owner=user).count() == 1
+    said(Conversation.objects.get(owner=user), "now it has a message")
+    assert client.post("/c/new/")["Location"] != first
+    assert Conversation.objects.filter(owner=user).count() == 2
