@@ -60,9 +60,13 @@ class ConversationQuerySet(models.QuerySet):
     def owned_by(self, user):
         return self.filter(owner=user)
 
-    def listed_for(self, user, limit: int = 200):
-        """The sidebar's list: pinned first, then newest activity first."""
-        return self.owned_by(user).order_by("-pinned", "-updated_at", "-pk")[:limit]
+    def listed_for(self, user, page: int = 1, per_page: int = 50) -> tuple[list, bool]:
+        """A page of the sidebar's list (pinned first, then newest activity first), and
+        whether more follow."""
+        start = (page - 1) * per_page
+        ordered = self.owned_by(user).order_by("-pinned", "-updated_at", "-pk")
+        rows = list(ordered[start : start + per_page + 1])
+        return rows[:per_page], len(rows) > per_page
 
     # Reviewing (the admin). Per-conversation figures are correlated subqueries, not a
     # join with GROUP BY, so a filter or search that joins messages cannot multiply them.

@@ -25,12 +25,11 @@ def own_conversation(request, pk) -> Conversation:
 @login_required
 @cache_control(private=True)  # one person's conversations: no shared cache keeps them
 def conversation_list(request):
-    conversations = Conversation.objects.listed_for(request.user)
     return render(
         request,
         "conversations/conversation_list.html",
         {
-            "conversations": conversations,
+            **list_context(request.user),
             "default_model_label": model_label(""),
             "presets": Preset.objects.filter(owner=request.user),
         },
@@ -66,14 +65,22 @@ def conversation_pin(request, pk):
 def conversation_search(request):
     """The sidebar's list for a search (by title and message text), or the recent ones."""
     query = request.GET.get("q", "").strip()[: search.MAX_QUERY]
-    current = request.GET.get("current", "")
+    current, page = request.GET.get("current", ""), request.GET.get("page", "")
+    page = min(int(page), 10_000) if page.isdigit() and int(page) > 0 else 1
     context = {
         "current": int(current) if current.isdigit() else None,
         "query": query,
         "hits": search.search(request.user, query) if query else None,
-        "conversations": Conversation.objects.listed_for(request.user),
+        **list_context(request.user, page),
     }
-    return render(request, "conversations/_conversation_links.html", context)
+    # A later page is the next rows of the list (loaded as the reader scrolls to its end).
+    name = "_conversation_rows.html" if page > 1 and not query else "_conversation_links.html"
+    return render(request, f"conversations/{name}", context)
+
+
+def list_context(user, page: int = 1) -> dict:
+    conversations, more = Conversation.objects.listed_for(user, page)
+    return {"conversations": conversations, "more_conversations": more, "list_page": page}
 
 
 @require_POST
@@ -105,7 +112,7 @@ def conversation_detail(request, pk):
         {
             "conversation": conversation,
             "messages": list(conversation.messages.all()),
-            "conversations": Conversation.objects.listed_for(request.user),
+            **list_context(request.user),
             "settings_form": ConversationSettingsForm(
                 instance=conversation, models=runtime.model_names()
             ),

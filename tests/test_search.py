@@ -112,3 +112,22 @@ def test_new_conversation_reuses_an_untouched_one(client, user):
     said(Conversation.objects.get(owner=user), "now it has a message")
     assert client.post("/c/new/")["Location"] != first
     assert Conversation.objects.filter(owner=user).count() == 2
+
+
+def test_the_list_loads_more_as_it_is_scrolled(client, user):
+    Conversation.objects.bulk_create(
+        Conversation(owner=user, title=f"Conversation {n:03d}") for n in range(120)
+    )
+    client.force_login(user)
+    html = client.get("/").text
+    assert html.count('id="conversation-link-') == 50
+    assert 'hx-trigger="revealed"' in html and "page=2" in html
+    second = client.get("/search/", {"page": "2"}).text
+    assert second.count('id="conversation-link-') == 50 and "page=3" in second
+    assert "<ul" not in second  # rows to put in place of the "Loading more" row
+    third = client.get("/search/", {"page": "3"}).text
+    assert third.count('id="conversation-link-') == 20 and "revealed" not in third
+    shown = [html, second, third]
+    titles = {f"Conversation {n:03d}" for n in range(120)}
+    assert all(any(title in page for page in shown) for title in titles)
+    assert "No conversations yet" not in client.get("/search/", {"page": "9"}).text

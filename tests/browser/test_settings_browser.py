@@ -239,3 +239,36 @@ def test_a_conversation_is_renamed_in_place(browser, settings_site):
         assert page.locator("#conversation-title").inner_text() == "Garden plans"
     finally:
         context.close()
+
+
+def test_the_conversation_list_loads_more_when_scrolled_to_its_end(browser, settings_site):
+    make = (
+        "from django.contrib.auth import get_user_model; "
+        "from conversations.models import Conversation; "
+        "u = get_user_model().objects.get(username='reader'); "
+        "Conversation.objects.bulk_create("
+        "Conversation(owner=u, title=f'Old {n:03d}') for n in range(80))"
+    )
+    settings_site.manage("shell", "-c", make)
+    context = browser.new_context(base_url=settings_site.url, viewport=WIDTHS["desktop"])
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        log_in(page, settings_site)
+        links = page.locator("#conversation-results a")
+        assert links.count() == 50
+        total = page.evaluate(
+            "() => fetch('/search/?page=1').then(r => r.text())"
+            ".then(t => (t.match(/conversation-link-/g) || []).length)"
+        )
+        assert total == 50
+        while page.locator(".load-more").count():
+            shown = links.count()
+            page.locator(".load-more").scroll_into_view_if_needed()
+            page.wait_for_function(
+                "n => document.querySelectorAll('#conversation-results a').length > n", arg=shown
+            )
+        assert links.count() >= 80
+        assert page.locator("#conversation-results", has_text="Old 000").count() == 1
+    finally:
+        context.close()
