@@ -10,6 +10,8 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from django.db import connections
+from mcp_servers.serving import HttpServer
+from mcp_servers.toolbox import build
 from sockets import SITE_ORIGIN, session_cookie, socket_to
 
 from conversations.demo import ChatCompletionsServer
@@ -40,6 +42,15 @@ def close_connections_after_async_tests(request):
     uses_database = request.node.get_closest_marker("django_db") is not None
     if uses_database and inspect.iscoroutinefunction(getattr(request.node, "function", None)):
         async_to_sync(database_sync_to_async(connections.close_all))()
+
+
+@pytest.fixture(scope="module")
+def toolbox():
+    """The test MCP server (tests/mcp_servers/toolbox.py) over streamable HTTP, per module."""
+    server = HttpServer(lambda: build().streamable_http_app())
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

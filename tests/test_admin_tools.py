@@ -6,8 +6,6 @@ import re
 import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
-from mcp_servers.serving import HttpServer
-from mcp_servers.toolbox import build
 
 from conversations.models import ToolSetting
 from conversations.runtime import runtime
@@ -22,14 +20,6 @@ def checked(html: str, name: str, key: str) -> bool:
 
 
 PAGE = reverse("admin:conversations_toolsetting_changelist")
-
-
-@pytest.fixture(scope="module")
-def toolbox():
-    server = HttpServer(lambda: build().streamable_http_app())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import json
 
 import pytest
 from channels.db import database_sync_to_async
-from mcp_servers.serving import HttpServer
-from mcp_servers.toolbox import build
 from scripted_upstream import calls_tools, refuses_tools, requests_of, sequence, text_stream
 from sockets import ends_reply, eventually, messages_of, receive_until, send
 
@@ -20,14 +18,6 @@ from conversations.runtime import runtime
 from conversations.tools import ServerConfig, ToolServers
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(scope="module")
-def toolbox():
-    server = HttpServer(lambda: build().streamable_http_app())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ that the chosen model, system prompt and temperature reached it. Screenshots go 
 tests/screenshots/ (ignored by git).
 """
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -50,15 +51,24 @@ def settings_site(tmp_path_factory):
     upstream.stop()
 
 
+@contextlib.contextmanager
+def logged_in(browser, site, width: str, **options):
+    """A page of a new browser context at ``width``, logged in to ``site``."""
+    context = browser.new_context(base_url=site.url, viewport=WIDTHS[width], **options)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        log_in(page, site)
+        yield page
+    finally:
+        context.close()
+
+
 @pytest.mark.parametrize("width", list(WIDTHS))
 def test_the_chosen_model_and_settings_reach_the_model_and_stay_after_a_reload(
     browser, settings_site, width
 ):
-    context = browser.new_context(base_url=settings_site.url, viewport=WIDTHS[width])
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    try:
-        log_in(page, settings_site)
+    with logged_in(browser, settings_site, width) as page:
         page.get_by_role("button", name="New conversation").first.click()
         page.locator("#chat[data-socket=open]").wait_for()
 
@@ -92,16 +102,10 @@ def test_the_chosen_model_and_settings_reach_the_model_and_stay_after_a_reload(
         assert page.locator("textarea[name=system_prompt]").input_value() == "Be brief."
         assert page.locator("input[name=temperature]").input_value() == "0.4"
         page.screenshot(path=SCREENSHOTS / f"conversation-{width}.png", full_page=True)
-    finally:
-        context.close()
 
 
 def test_at_phone_width_the_conversation_list_is_a_drawer(browser, settings_site):
-    context = browser.new_context(base_url=settings_site.url, viewport=WIDTHS["phone"])
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    try:
-        log_in(page, settings_site)
+    with logged_in(browser, settings_site, "phone") as page:
         page.get_by_role("button", name="New conversation").first.click()
         page.locator("#chat[data-socket=open]").wait_for()
         page.locator("textarea[name=content]").fill("drawer test")
@@ -131,27 +135,14 @@ def test_at_phone_width_the_conversation_list_is_a_drawer(browser, settings_site
         page.locator("#chat[data-socket=open]").wait_for()
         assert page.locator("#sidebar").is_hidden()
         assert "drawer test" in page.locator("[data-role=user]").first.inner_text()
-    finally:
-        context.close()
 
-    wide = browser.new_context(base_url=settings_site.url, viewport=WIDTHS["desktop"])
-    page = wide.new_page()
-    try:
-        log_in(page, settings_site)
+    with logged_in(browser, settings_site, "desktop") as page:
         assert page.get_by_role("button", name="Conversations").is_hidden()
         assert page.locator("#sidebar").is_visible()
-    finally:
-        wide.close()
 
 
 def test_dark_theme_relative_times_and_jump_to_latest(browser, settings_site):
-    context = browser.new_context(
-        base_url=settings_site.url, viewport=WIDTHS["phone"], color_scheme="dark"
-    )
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    try:
-        log_in(page, settings_site)
+    with logged_in(browser, settings_site, "phone", color_scheme="dark") as page:
         page.locator("#sidebar").evaluate("s => s.querySelector('button').click()")
         page.locator("#chat[data-socket=open]").wait_for()
         background = page.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -174,18 +165,12 @@ def test_dark_theme_relative_times_and_jump_to_latest(browser, settings_site):
             " return d.scrollHeight - d.scrollTop - d.clientHeight < 120; }"
         )
         assert jump.is_hidden()
-    finally:
-        context.close()
 
 
 def test_search_finds_a_conversation_by_a_word_in_a_message_and_shortcuts_work(
     browser, settings_site
 ):
-    context = browser.new_context(base_url=settings_site.url, viewport=WIDTHS["desktop"])
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    try:
-        log_in(page, settings_site)
+    with logged_in(browser, settings_site, "desktop") as page:
         page.keyboard.press("Control+Shift+O")  # a new conversation
         page.locator("#chat[data-socket=open]").wait_for()
         page.locator("textarea[name=content]").fill("Tell me about the axolotl please")
@@ -214,16 +199,10 @@ def test_search_finds_a_conversation_by_a_word_in_a_message_and_shortcuts_work(
         search.fill("axolotl")
         results.locator(f'a[href="{wanted}"]').click()
         page.wait_for_url(f"{settings_site.url}{wanted}")
-    finally:
-        context.close()
 
 
 def test_a_conversation_is_renamed_in_place(browser, settings_site):
-    context = browser.new_context(base_url=settings_site.url, viewport=WIDTHS["desktop"])
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    try:
-        log_in(page, settings_site)
+    with logged_in(browser, settings_site, "desktop") as page:
         page.get_by_role("button", name="New conversation").first.click()
         page.locator("#chat[data-socket=open]").wait_for()
         page.get_by_role("button", name="Rename").click()
@@ -237,8 +216,6 @@ def test_a_conversation_is_renamed_in_place(browser, settings_site):
         assert page.locator(f'#sidebar a[href="{path}"]').inner_text() == "Garden plans"
         page.reload()
         assert page.locator("#conversation-title").inner_text() == "Garden plans"
-    finally:
-        context.close()
 
 
 def test_the_conversation_list_loads_more_when_scrolled_to_its_end(browser, settings_site):
@@ -250,11 +227,7 @@ def test_the_conversation_list_loads_more_when_scrolled_to_its_end(browser, sett
         "Conversation(owner=u, title=f'Old {n:03d}') for n in range(80))"
     )
     settings_site.manage("shell", "-c", make)
-    context = browser.new_context(base_url=settings_site.url, viewport=WIDTHS["desktop"])
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    try:
-        log_in(page, settings_site)
+    with logged_in(browser, settings_site, "desktop") as page:
         links = page.locator("#conversation-results a")
         assert links.count() == 50
         total = page.evaluate(
@@ -270,5 +243,3 @@ def test_the_conversation_list_loads_more_when_scrolled_to_its_end(browser, sett
             )
         assert links.count() >= 80
         assert page.locator("#conversation-results", has_text="Old 000").count() == 1
-    finally:
-        context.close()

@@ -10,8 +10,6 @@ import sys
 
 import pytest
 from live import ROOT, LiveSite, log_in
-from mcp_servers.serving import HttpServer
-from mcp_servers.toolbox import build
 from scripted_upstream import by_message, calls_tools
 
 from conversations.demo import DemoModel, ServerThread
@@ -19,14 +17,6 @@ from conversations.demo import DemoModel, ServerThread
 pytestmark = pytest.mark.browser
 
 TOOL_CALL = "[data-part=tool-call]"
-
-
-@pytest.fixture(scope="module")
-def toolbox():
-    server = HttpServer(lambda: build().streamable_http_app())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
