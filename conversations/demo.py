@@ -188,6 +188,9 @@ class ChatCompletionsServer:
                         writer.close()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             writer.close()
+        except asyncio.CancelledError:
+            writer.close()  # cancelled (the server closing) before a request was read
+            raise
         finally:
             self._tasks.discard(task)
 

@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from . import upstream
+from . import titles, upstream
 from .events import (
     TO_REPLIES,
     DecideToolCall,
@@ -380,9 +380,7 @@ class ReplyStream:
             await self.layer.group_send(
                 sockets_group(self.message.conversation_id), finished.as_message()
             )
-            from . import titles  # the first complete reply asks for a title, unawaited
-
-            titles.after_reply(self.message)
+            titles.after_reply(self.message)  # the first complete reply: a title, unawaited
         finally:
             runtime.discard(self)
             await self.layer.group_discard(reply_group(self.message.conversation_id), self._control)

@@ -132,7 +132,8 @@ def conversation_settings(request, pk):
     )
     saved = ""
     if form.is_valid():
-        form.save()
+        # Only its own fields: a title written meanwhile (conversations/titles.py) stays.
+        form.save(commit=False).save(update_fields=form.Meta.fields)
         preset = form.save_preset(request.user)
         saved = "Saved: it applies from the next reply."
         if preset is not None:

@@ -21,6 +21,16 @@ def titles_on(settings):
     settings.CHAT_GENERATE_TITLES = True  # the site's default; off for the other tests
 
 
+@pytest.fixture(autouse=True)
+async def no_title_left_running(start_upstream):
+    """A test that fails midway leaves no title request open when its upstream closes (set
+    up after ``start_upstream``, so torn down before it)."""
+    yield
+    for task in list(titles.tasks):
+        task.cancel()
+    await asyncio.gather(*titles.tasks, return_exceptions=True)
+
+
 REPLY = ["The sky ", "is blue ", "because of Rayleigh scattering."]
 
 
