@@ -341,26 +341,14 @@ class Conversation(models.Model):
         """Record the request that carries a reply on after its tool calls, or refuse it
         past the owner's per-minute limit (the calls' results are kept: Continue sends them)."""
         owner_id = cls.objects.filter(pk=conversation_id).values_list("owner_id", flat=True)[0]
-        with transaction.atomic():
-            wait = UpstreamRequest.wait_for(owner_id)
-            if wait:
-                most = settings.CHAT_MESSAGES_PER_MINUTE
-                raise ActionRefused(
-                    f"The tools answered, but you have reached {most} requests to the model "
-                    f"a minute (each tool round counts). Continue in {wait} s to let the "
-                    "model read their results."
-                )
-            UpstreamRequest.objects.create(user_id=owner_id)
-
-    @staticmethod
-    def admit_title(owner_id: int) -> bool:
-        """Record the request that asks the model for a title; past the owner's per-minute
-        limit, record nothing and answer False (the title stays the first words)."""
-        with transaction.atomic():
-            if UpstreamRequest.wait_for(owner_id):
-                return False
-            UpstreamRequest.objects.create(user_id=owner_id)
-        return True
+        wait = UpstreamRequest.record(owner_id)
+        if wait:
+            most = settings.CHAT_MESSAGES_PER_MINUTE
+            raise ActionRefused(
+                f"The tools answered, but you have reached {most} requests to the model "
+                f"a minute (each tool round counts). Continue in {wait} s to let the "
+                "model read their results."
+            )
 
     def _latest_reply(self, message_id) -> "Message":
         last = self.messages.order_by("-pk").first()
@@ -516,8 +504,9 @@ class Message(models.Model):
     reasoning = models.TextField(blank=True)
     reasoning_seconds = models.FloatField(null=True, blank=True)
     tool_calls = models.JSONField(null=True, blank=True)  # asked for, and not run
-    # The tool rounds of a reply, in order: the text written before each round's calls,
-    # and each call with its arguments, state and result (see ToolRound).
+    # The tool rounds of a reply, in order: where its text stood when each round's calls
+    # were asked for ("text_end"), and each call with its arguments, state and result
+    # (see Reply.begin_round and tool_round_messages).
     tool_rounds = models.JSONField(null=True, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
@@ -758,6 +747,16 @@ class UpstreamRequest(models.Model):
 
     def __str__(self):
         return f"upstream request of user {self.user_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def record(cls, user_id: int) -> int:
+        """Record a request of ``user_id``, and answer 0; past their per-minute limit,
+        record nothing and answer the seconds to wait."""
+        with transaction.atomic():
+            wait = cls.wait_for(user_id)
+            if not wait:
+                cls.objects.create(user_id=user_id)
+        return wait
 
     @classmethod
     def wait_for(cls, user_id: int) -> int:

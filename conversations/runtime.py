@@ -53,7 +53,7 @@ class Runtime:
         self._demo: demo.ServerThread | None = None
         # The MCP servers' sessions belong to the event loop that opened them.
         self._tools: tuple[asyncio.AbstractEventLoop, tools.ToolServers] | None = None
-        self._opening_tools: asyncio.Future | None = None
+        self._opening_tools: asyncio.Future | None = None  # held, so it is not collected
         self.tool_config_error = ""  # why CHAT_MCP_CONFIG could not be used
         self.without_tools: set[tuple[str, str]] = set()  # (base URL, model) refusing them
 
@@ -228,12 +228,12 @@ class Runtime:
 
     async def models(self, client: httpx.AsyncClient | None = None) -> list[str]:
         """The model names to offer: the upstream's /models (kept CHAT_MODELS_TTL seconds;
-        a failure is retried after a few seconds), CHAT_MODEL first if it is not listed."""
+        a failure is asked again after 30 s), CHAT_MODEL first if it is not listed."""
         if not settings.OPENAI_BASE_URL:
             return [demo.DEMO_MODEL]
         base_url, now = settings.OPENAI_BASE_URL, time.monotonic()
         at, names = self._models.get(base_url, (float("-inf"), []))
-        if now - at > (settings.CHAT_MODELS_TTL if names else 5.0):
+        if now - at > (settings.CHAT_MODELS_TTL if names else 30.0):
             try:
                 names = await upstream.list_models(
                     base_url, client=client or self.http(), api_key=settings.OPENAI_API_KEY
@@ -251,7 +251,8 @@ class Runtime:
         loop = self.loop
         if loop is not None and loop.is_running():
             with contextlib.suppress(Exception):
-                return asyncio.run_coroutine_threadsafe(self.models(), loop).result(5)
+                # A page waits at most 3 s for an upstream that does not answer.
+                return asyncio.run_coroutine_threadsafe(self.models(), loop).result(3)
             return []
 
         async def once():
@@ -283,10 +284,6 @@ class Runtime:
         servers = self.tool_servers()
         if servers is not None:
             self._opening_tools = asyncio.ensure_future(servers.tools())
-
-    def tool_states(self) -> list:
-        """How each configured tool server is doing (empty before the first reply asks)."""
-        return self._tools[1].states() if self._tools is not None else []
 
     def _tool_configs(self) -> "dict[str, tools.ServerConfig] | None":
         setting = (settings.CHAT_MCP_CONFIG or "").strip()

@@ -23,7 +23,7 @@ from django.conf import settings
 
 from . import upstream
 from .events import ConversationRetitled, sockets_group
-from .models import Conversation, Message
+from .models import Conversation, Message, UpstreamRequest
 from .rendering import retitled_html
 from .runtime import runtime
 
@@ -120,7 +120,7 @@ def _prepare(conversation_id: int, reply_id: int) -> TitleRequest | None:
     words = first_words(first.content)
     if conversation.title != words:
         return None  # named by someone, not by its first words
-    if not Conversation.admit_title(conversation.owner_id):
+    if UpstreamRequest.record(conversation.owner_id):  # seconds to wait: over the limit
         log.info("conversation %s keeps its first words as title: over the limit", conversation_id)
         return None
     return TitleRequest(words, title_messages(first.content, reply.content))

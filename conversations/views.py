@@ -91,8 +91,10 @@ def conversation_create(request):
     empty = Conversation.objects.owned_by(request.user).filter(messages__isnull=True)
     empty = empty.filter(title="", system_prompt="", pinned=False).first()
     conversation = empty or Conversation(owner=request.user)
-    preset = Preset.objects.filter(owner=request.user, pk=request.POST.get("preset") or 0)
-    preset = preset.first() if str(request.POST.get("preset", "")).isdigit() else None
+    preset_id = request.POST.get("preset", "")
+    preset = None
+    if preset_id.isdigit() and len(preset_id) < 19:  # an id, within the database's range
+        preset = Preset.objects.filter(owner=request.user, pk=preset_id).first()
     if preset is not None:
         for field in Preset.FIELDS:
             setattr(conversation, field, getattr(preset, field))

@@ -120,7 +120,11 @@ def test_a_preset_is_kept_and_starts_a_conversation(client, user, other_user, mo
         "You are terse.",
         0.1,
     )
-    # Someone else's preset id starts a plain conversation.
+    # An id that is not a number, or not theirs, starts a plain conversation.
+    for bad in ("abc", "9" * 30, "-1"):
+        response = client.post("/c/new/", {"preset": bad})
+        assert response.status_code == 302
+        Conversation.objects.filter(owner=user, messages__isnull=True).delete()
     client.force_login(other_user)
     response = client.post("/c/new/", {"preset": str(preset.pk)})
     plain = Conversation.objects.get(pk=int(response["Location"].strip("/").split("/")[-1]))
