@@ -40,6 +40,7 @@ Message.objects.bulk_create(
     Message(conversation=conversation, role=role, content="A line of history. " * 100)
     for role in ["user", "assistant"] * ({count} // 2)
 )
+conversation.messages.link_in_order()
 """
 SYNC = json.dumps({"action": "sync", "since": 0, "shown": list(range(1, 1001))})
 

@@ -68,6 +68,7 @@ def build(count: int):
                 yield Message(conversation=conversation, role=role, content=content, **times)
 
     Message.objects.bulk_create(messages(), batch_size=5_000)
+    Message.objects.link_in_order()
     rare = conversations[len(conversations) // 2]  # a word no other message says, for search
     first = rare.messages.order_by("pk").values("pk")[:1]
     Message.objects.filter(pk=first).update(content="Tell me about zebras")

@@ -22,6 +22,7 @@ from django.contrib import auth
 from . import replies
 from .events import (
     TO_SOCKETS,
+    BranchSwitched,
     DecideToolCall,
     ReplyDelta,
     ReplyFinished,
@@ -44,7 +45,7 @@ from .page import (
     CLOSE_TOO_MANY_SOCKETS,
     max_frame_chars,
 )
-from .rendering import added_html, message_html, notice_html, removed_html
+from .rendering import added_html, message_html, notice_html, removed_html, switched_html
 from .runtime import TokenBucket, runtime
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,23 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         model = self.conversation.model or await runtime.default_model()
         await self.start(self.conversation.regenerate, message_id_of(data), model)
 
+    async def edit_message(self, data):
+        model = self.conversation.model or await runtime.default_model()
+        content = data.get("content")
+        await self.start(self.conversation.edit, message_id_of(data), content, model)
+
+    async def switch_version(self, data):
+        """Show another version of a turn, on every page of the conversation."""
+        try:
+            switch = await database_sync_to_async(self.conversation.switch_version)(
+                message_id_of(data)
+            )
+        except ActionRefused as refusal:
+            await self.notify(str(refusal), level="info")
+            return
+        event = BranchSwitched(switched_html(switch))
+        await self.channel_layer.group_send(self.group, event.as_message())
+
     async def start(self, action, *args, refused: str = ""):
         """Store the reply's row by ``action`` (a Conversation method), then start writing it."""
         try:
@@ -283,6 +301,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         "sync": sync,
         "continue": continue_reply,
         "regenerate": regenerate_reply,
+        "edit": edit_message,
+        "switch": switch_version,
         "decide": decide_tool_call,
     }
 
@@ -352,6 +372,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         await self.send(event.html)
 
     async def conversation_retitled(self, event):  # events.ConversationRetitled
+        await self.send(event.html)
+
+    async def branch_switched(self, event: BranchSwitched):
         await self.send(event.html)
 
     async def site_closing(self, event: SiteClosing):

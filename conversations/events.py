@@ -101,6 +101,15 @@ class ConversationRetitled(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class BranchSwitched(Event):
+    """Another version of a turn is shown (chosen in one tab): ``html`` puts its branch on
+    every page of the conversation."""
+
+    type: ClassVar[str] = "branch.switched"
+    html: str
+
+
+@dataclass(frozen=True, slots=True)
 class SiteClosing(Event):
     """The process is stopping: after the final elements above, close with 1001 (the page
     reconnects, to another process or to this one restarted)."""
@@ -144,6 +153,7 @@ TO_SOCKETS = {
         ReplyTools,
         ReplyFinished,
         ConversationRetitled,
+        BranchSwitched,
         SiteClosing,
     )
 }

@@ -42,7 +42,7 @@ class StartedReply:
     reply: "Message"
     prompt: list[dict]
     added: list["Message"] = field(default_factory=list)  # new on the page: [sent, reply]
-    replaced: int | None = None  # the reply this one replaces (regenerate)
+    removed: list[int] = field(default_factory=list)  # off the page now (regenerate, edit)
     retitled: "Conversation | None" = None  # the conversation, when its title was just set
     tools: "ToolPolicy" = field(default_factory=lambda: ToolPolicy())  # which it may call
     parameters: dict = field(default_factory=dict)  # sent with each of its requests
@@ -209,10 +209,18 @@ class Conversation(models.Model):
             "messages": [{name: getattr(m, name) for name in fields} for m in messages],
         }
 
-    def prompt(self, continuing: "Message | None" = None) -> list[dict]:
-        """The messages sent upstream for the next reply (or to carry ``continuing`` on)."""
+    def branch(self) -> list["Message"]:
+        """The messages on screen, in order: from the first, each message's child chosen
+        last. Each carries its ``versions`` (the turn's other versions). One query."""
+        return branch_of(self.messages.all())
+
+    def prompt(self, branch=None, continuing: "Message | None" = None) -> list[dict]:
+        """The messages sent upstream for the reply after ``branch`` (the one on screen if
+        None), or to carry ``continuing`` on: the system prompt, then the branch's finished
+        messages."""
+        branch = self.branch() if branch is None else branch
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        history = [part for m in self.messages.for_prompt() for part in m.to_openai()]
+        history = [part for m in branch if m.belongs_in_prompt for part in m.to_openai()]
         if continuing is not None:
             # The history leaves out streaming rows, so the text so far is added back here.
             history.extend(continuing.to_openai())
@@ -223,33 +231,21 @@ class Conversation(models.Model):
     # constraint decides races between tabs and processes, and the loser stores nothing.
 
     def send(self, content, default_model: str) -> StartedReply:
-        """Store the user's message and the reply's row (status streaming) together.
+        """Store the user's message, after the branch on screen, and the reply's row
+        (status streaming) together.
 
         The reply is written by the conversation's model, else ``default_model``.
         """
-        if not isinstance(content, str) or not content.strip():
-            raise ActionRefused("Type a message first.")
-        # A lone surrogate or a NUL (possible in JSON escapes) cannot be stored.
-        content = UNSTORABLE.sub("\ufffd", content)
-        limit = settings.CHAT_MAX_MESSAGE_CHARS
-        if len(content) > limit:
-            raise ActionRefused(
-                f"Your message is {len(content):,} characters long; the limit is {limit:,}. "
-                "Nothing was sent."
-            )
+        content = checked_content(content)
         now = timezone.now()
         try:
             with transaction.atomic():
                 self.refresh_from_db()
                 self.admit_reply()
-                sent = self.messages.create(
-                    role=Message.Role.USER,
-                    content=content,
-                    status=Message.Status.COMPLETE,
-                    finished_at=now,
-                )
+                branch = self.branch()
+                sent = self._new_message(content, branch[-1] if branch else None, now)
                 model = self.model or default_model
-                reply = self._new_reply(model, now)
+                reply = self._new_reply(model, sent, now)
                 self.updated_at = now
                 fields = ["updated_at"]
                 retitled = not self.title  # the first message names the conversation
@@ -260,9 +256,11 @@ class Conversation(models.Model):
                     self.model = model
                     fields.append("model")
                 self.save(update_fields=fields)
-                prompt = self.prompt()
+                prompt = self.prompt([*branch, sent])
         except IntegrityError as error:
             raise ReplyInProgress from error
+        sent.versions = Versions.only(sent)
+        reply.versions = Versions.only(reply)
         retitled = self if retitled else None
         return StartedReply(
             reply,
@@ -274,32 +272,73 @@ class Conversation(models.Model):
         )
 
     def regenerate(self, message_id, default_model: str) -> StartedReply:
-        """Delete the latest reply and start a new one from the same history."""
+        """Start another version of a reply on the branch, from the same history; the
+        earlier versions are kept (Previous version shows them)."""
+        return self._new_version(message_id, Message.Role.ASSISTANT, default_model)
+
+    def edit(self, message_id, content, default_model: str) -> StartedReply:
+        """Send an edited version of one of the branch's user messages: a new branch from
+        there, with a new reply; the original stays a version of the turn."""
+        content = checked_content(content)
+        return self._new_version(message_id, Message.Role.USER, default_model, content)
+
+    def _new_version(self, message_id, role, default_model: str, content=None) -> StartedReply:
         self.refresh_from_db()
-        old = self._latest_reply(message_id)
+        now = timezone.now()
         try:
             with transaction.atomic():
-                self.admit_reply()
-                deleted, _ = self.messages.filter(pk=old.pk).exclude(status="streaming").delete()
-                if not deleted:
+                branch = self.branch()
+                at = _index_of(branch, message_id)
+                if at is None:
+                    raise ActionRefused("That message is not in this conversation any more.")
+                if branch[at].role != role:
+                    raise ActionRefused(
+                        "Only replies can be regenerated."
+                        if role == Message.Role.ASSISTANT
+                        else "Only your own messages can be edited."
+                    )
+                if any(m.is_streaming for m in branch):
                     raise ReplyInProgress
-                reply = self._new_reply(self.model or default_model, timezone.now())
-                prompt = self.prompt()
+                self.admit_reply()
+                old, history = branch[at], branch[:at]
+                parent = history[-1] if history else None
+                added = []
+                if content is not None:  # an edit: the new message, then its reply
+                    parent = self._new_message(content, parent, now)
+                    added.append(parent)
+                    history = [*history, parent]
+                reply = self._new_reply(self.model or default_model, parent, now)
+                added.append(reply)
+                self.updated_at = now
+                self.save(update_fields=["updated_at"])
+                prompt = self.prompt(history)
+                versions = old.versions.count + 1
         except IntegrityError as error:
             raise ReplyInProgress from error
+        added[0].versions = Versions(
+            versions, versions, previous=old.versions.last_pk, last_pk=added[0].pk
+        )
+        if reply is not added[0]:  # an edit's reply is the first of its turn
+            reply.versions = Versions.only(reply)
         return StartedReply(
             reply,
             prompt,
-            [reply],
-            replaced=old.pk,
+            added,
+            removed=[m.pk for m in branch[at:]],
             tools=self.tools(),
             parameters=self.parameters(),
         )
 
     def resume(self, message_id) -> StartedReply:
-        """Carry an interrupted, stopped or length-cut latest reply on, in the same message."""
+        """Carry an interrupted, stopped or length-cut reply at the end of the branch on,
+        in the same message."""
         self.refresh_from_db()
-        reply = self._latest_reply(message_id)
+        branch = self.branch()
+        reply = branch[-1] if branch else None
+        if reply is None or reply.pk != message_id or reply.role != Message.Role.ASSISTANT:
+            raise ActionRefused("Only the latest reply can be continued.")
+        if reply.is_streaming:
+            raise ReplyInProgress
         if not reply.can_continue:
             raise ActionRefused("This reply is complete; there is nothing to continue.")
         try:
@@ -311,10 +350,31 @@ class Conversation(models.Model):
             raise ReplyInProgress from error
         return StartedReply(
             reply,
-            self.prompt(continuing=reply),
+            self.prompt(branch[:-1], continuing=reply),
             tools=self.tools(),
             parameters=self.parameters(),
         )
+
+    def switch_version(self, message_id) -> "BranchSwitch":
+        """Show another version of a turn (and below it, the branch chosen there last).
+        Refused while a reply is being written: its branch must stay on screen."""
+        with transaction.atomic():
+            messages = list(self.messages.select_for_update())
+            target = next((m for m in messages if m.pk == message_id), None)
+            if target is None:
+                raise ActionRefused("That version is not in this conversation any more.")
+            if any(m.is_streaming for m in messages):
+                raise ActionRefused(
+                    "A reply is being written: switch versions once it ends (or stop it)."
+                )
+            before = branch_of(messages)
+            target.chosen_at = timezone.now()
+            Message.objects.filter(pk=target.pk).update(chosen_at=target.chosen_at)
+            after = branch_of(messages)
+        kept = 0
+        while kept < min(len(before), len(after)) and before[kept].pk == after[kept].pk:
+            kept += 1
+        return BranchSwitch(removed=[m.pk for m in before[kept:]], added=after[kept:])
 
     def admit_reply(self) -> None:
         """Record a reply about to start, or refuse it past the owner's limits: upstream
@@ -350,32 +410,47 @@ class Conversation(models.Model):
                 "model read their results."
             )
 
-    def _latest_reply(self, message_id) -> "Message":
-        last = self.messages.order_by("-pk").first()
-        if last is None or last.pk != message_id or last.role != Message.Role.ASSISTANT:
-            raise ActionRefused("Only the latest reply can be continued or regenerated.")
-        if last.is_streaming:
-            raise ReplyInProgress
-        return last
+    def _new_message(self, content: str, parent: "Message | None", now) -> "Message":
+        message = Message(
+            conversation=self,
+            role=Message.Role.USER,
+            content=content,
+            status=Message.Status.COMPLETE,
+            parent=parent,
+            created_at=now,
+            chosen_at=now,
+            finished_at=now,
+        )
+        message.first_of_branch = parent is None
+        message.save(force_insert=True)
+        return message
 
-    def _new_reply(self, model: str, now) -> "Message":
+    def _new_reply(self, model: str, parent: "Message", now) -> "Message":
         return self.messages.create(
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
             model=model,
+            parent=parent,
+            created_at=now,
+            chosen_at=now,
             checkpoint_at=now,
         )
 
     def sync_state(self, since: int, shown: list[int]) -> "SyncState":
-        """What a page that shows messages up to ``since`` (and ``shown``) lacks."""
-        messages = self.messages.all()
-        last = messages.filter(pk__lte=since).order_by("-pk").first()
-        still_there = set(messages.filter(pk__in=shown).values_list("pk", flat=True))
+        """What a page that shows ``shown`` (its last 1000 message ids; ``since`` the
+        greatest) lacks, against the branch on screen now."""
+        branch = self.branch()
+        on_branch, shown_ids = {m.pk for m in branch}, set(shown)
+        # The page keeps the branch up to its last message still on it, and lacks the rest.
+        # (A page that names no messages shows the branch up to ``since``.)
+        kept = [m for m in branch if (m.pk in shown_ids if shown else m.pk <= since)]
+        last = kept[-1] if kept else None
+        after = last.pk if last is not None else 0
         return SyncState(
-            newer=list(messages.filter(pk__gt=since)),
+            newer=[m for m in branch if m.pk > after],
             last_finished=last if last is not None and not last.is_streaming else None,
-            streaming=list(messages.streaming().values_list("pk", flat=True)),
-            gone=[message_id for message_id in shown if message_id not in still_there],
+            streaming=[m.pk for m in branch if m.is_streaming],
+            gone=[message_id for message_id in shown if message_id not in on_branch],
         )
 
 
@@ -384,7 +459,71 @@ class SyncState:
     newer: list["Message"]  # messages after the page's last one
     last_finished: "Message | None"  # the page's last message, final (it may have ended)
     streaming: list[int]  # replies being written: the page needs snapshots
-    gone: list[int]  # messages of the page that were deleted (a regenerated reply)
+    gone: list[int]  # messages of the page off the branch now (deleted, or another version)
+
+
+@dataclass
+class BranchSwitch:
+    """The page's change when another version is shown: turns off, then turns on."""
+
+    removed: list[int]
+    added: list["Message"]
+
+
+@dataclass(frozen=True)
+class Versions:
+    """Where a message stands among the versions of its turn (its parent's children)."""
+
+    index: int  # from 1
+    count: int
+    previous: int | None = None  # the version before it, to switch to
+    next: int | None = None
+    last_pk: int | None = None  # the newest version
+
+    @classmethod
+    def only(cls, message: "Message") -> "Versions":
+        return cls(1, 1, last_pk=message.pk)
+
+
+def branch_of(messages) -> list["Message"]:
+    """The branch shown among ``messages`` (one conversation's): from the first message,
+    each one's child chosen last; each with its ``versions`` set."""
+    children: dict[int | None, list[Message]] = {}
+    for message in sorted(messages, key=lambda m: m.pk):
+        children.setdefault(message.parent_id, []).append(message)
+    branch, parent = [], None
+    while versions := children.get(parent):
+        chosen = max(versions, key=lambda m: (m.chosen_at, m.pk))
+        at = versions.index(chosen)
+        chosen.versions = Versions(
+            at + 1,
+            len(versions),
+            previous=versions[at - 1].pk if at > 0 else None,
+            next=versions[at + 1].pk if at + 1 < len(versions) else None,
+            last_pk=versions[-1].pk,
+        )
+        branch.append(chosen)
+        parent = chosen.pk
+    return branch
+
+
+def _index_of(branch: list["Message"], message_id) -> int | None:
+    return next((i for i, m in enumerate(branch) if m.pk == message_id), None)
+
+
+def checked_content(content) -> str:
+    """A message's text as typed, or ActionRefused with what is wrong."""
+    if not isinstance(content, str) or not content.strip():
+        raise ActionRefused("Type a message first.")
+    # A lone surrogate or a NUL (possible in JSON escapes) cannot be stored.
+    content = UNSTORABLE.sub("\ufffd", content)
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise ActionRefused(
+            f"Your message is {len(content):,} characters long; the limit is {limit:,}. "
+            "Nothing was sent."
+        )
+    return content
 
 
 def _over_messages(aggregate):
@@ -465,20 +604,23 @@ class MessageQuerySet(models.QuerySet):
             .filter(Q(checkpoint_at__lte=cutoff) | Q(checkpoint_at__isnull=True))
         )
 
+    def link_in_order(self) -> None:
+        """Make these messages (bulk-created: ``save`` did not link them) one branch per
+        conversation: each follows the one before it, in order of creation."""
+        changed, previous = [], (None, None)
+        rows = self.order_by("conversation_id", "pk").only("pk", "conversation_id", "parent_id")
+        for message in rows:
+            if previous[1] == message.conversation_id and message.parent_id is None:
+                message.parent_id = previous[0]
+                changed.append(message)
+            previous = (message.pk, message.conversation_id)
+        self.model.objects.bulk_update(changed, ["parent"], batch_size=2000)
+
     def interrupt(self, error: str) -> int:
         """End streaming rows as interrupted, keeping their (checkpointed) text."""
         return self.streaming().update(
             status=Message.Status.INTERRUPTED, error=error, finished_at=timezone.now()
         )
-
-    def for_prompt(self):
-        """The history sent upstream: finished messages that have text or tool rounds.
-
-        Calls that were asked for and not run are not sent back: an assistant message
-        with tool calls but no tool results is refused by OpenAI-compatible servers.
-        """
-        finished = self.exclude(status=Message.Status.STREAMING)
-        return finished.exclude(Q(content="") & Q(tool_rounds__isnull=True)).order_by("pk")
 
 
 class Message(models.Model):
@@ -508,6 +650,13 @@ class Message(models.Model):
     # were asked for ("text_end"), and each call with its arguments, state and result
     # (see Reply.begin_round and tool_round_messages).
     tool_rounds = models.JSONField(null=True, blank=True)
+    # Versions: a message follows its parent (null for the first); the children of one
+    # parent are the versions of one turn (a regenerated reply, an edited message). The
+    # branch on screen takes, from each message, the child chosen last.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    chosen_at = models.DateTimeField(default=timezone.now)
     finish_reason = models.CharField(max_length=32, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -543,6 +692,17 @@ class Message(models.Model):
 
     def __str__(self):
         return f"{self.role} message {self.pk}"
+
+    def save(self, *args, **kwargs):
+        # A message added without a parent follows the branch on screen, unless it is a
+        # first message (``first_of_branch``: the conversation's first, or a version of it).
+        if self._state.adding and self.parent_id is None and not self.first_of_branch:
+            branch = branch_of(Message.objects.filter(conversation_id=self.conversation_id))
+            self.parent = branch[-1] if branch else None
+        super().save(*args, **kwargs)
+
+    first_of_branch = False
+    versions = None  # set by branch_of: where the message stands among its turn's versions
 
     @property
     def ids(self) -> MessageIds:
@@ -647,6 +807,13 @@ class Message(models.Model):
             self.status, self.error, self.finished_at = self.Status.STREAMING, "", None
             self.checkpoint_at = now
         return bool(reopened)
+
+    @property
+    def belongs_in_prompt(self) -> bool:
+        """Finished, with text or tool rounds. Calls that were asked for and not run are
+        not sent back: an assistant message with tool calls but no tool results is refused
+        by OpenAI-compatible servers."""
+        return not self.is_streaming and bool(self.content or self.tool_rounds)
 
     @property
     def can_continue(self) -> bool:

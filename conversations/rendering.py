@@ -590,9 +590,7 @@ def thought_html(message) -> str:
 
 def started_html(started) -> str:
     """What puts a reply that starts on the page (a ``models.StartedReply``)."""
-    html = ""
-    if started.replaced is not None:
-        html += _partial("removed", {"ids": MessageIds(started.replaced)})
+    html = removed_html(started.removed)
     if started.added:
         html += _partial("added", {"messages": started.added})
     else:  # continued: the same message, streaming again
@@ -605,6 +603,12 @@ def started_html(started) -> str:
 def removed_html(message_ids) -> str:
     """Takes deleted messages off the page."""
     return "".join(_partial("removed", {"ids": MessageIds(pk)}) for pk in message_ids)
+
+
+def switched_html(switch) -> str:
+    """Another version of a turn on the page (a ``models.BranchSwitch``): the turns of the
+    branch shown before it go, those of the new one follow what stays."""
+    return removed_html(switch.removed) + added_html(switch.added)
 
 
 def added_html(messages) -> str:

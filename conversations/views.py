@@ -113,7 +113,7 @@ def conversation_detail(request, pk):
         "conversations/conversation_detail.html",
         {
             "conversation": conversation,
-            "messages": list(conversation.messages.all()),
+            "messages": conversation.branch(),
             **list_context(request.user),
             "settings_form": ConversationSettingsForm(
                 instance=conversation, models=runtime.model_names()

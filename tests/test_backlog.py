@@ -87,6 +87,7 @@ Message.objects.bulk_create(
     Message(conversation=conversation, role=role, content=("word " * {MESSAGE_CHARS // 5}))
     for role in ["user", "assistant"] * {HISTORY_MESSAGES // 2}
 )
+conversation.messages.link_in_order()
 client = Client()
 client.force_login(user)
 print(conversation.pk, client.cookies["sessionid"].value)

@@ -132,7 +132,7 @@ async def test_the_frames_the_issue_names_each_get_a_notice(conversation, user, 
             frames.append(await socket.receive_from(10))
     assert any("not valid JSON" in f for f in frames)
     assert any("Unknown action" in f and "nested" in f for f in frames)
-    assert any("Only the latest reply" in f for f in frames)
+    assert any("not in this conversation any more" in f for f in frames)
     (sent, *_) = await database_sync_to_async(list)(conversation.messages.order_by("pk"))
     assert sent.content == "\ufffd lone"
     await socket.disconnect()

@@ -183,7 +183,7 @@ def test_send_stores_the_message_and_a_streaming_reply(conversation):
         "streaming",
         "test-model",
     )
-    assert started.reply == reply_row and started.replaced is None
+    assert started.reply == reply_row and started.removed == []
     assert started.prompt == [{"role": "user", "content": "  Hello   there "}]
     assert started.retitled == conversation
     assert Conversation.objects.get(pk=conversation.pk).title == "Hello there"
@@ -234,17 +234,119 @@ def test_limits_count_the_owners_messages_and_replies(conversation, settings):
         conversation.admit_reply()
 
 
-def test_regenerate_replaces_only_the_latest_finished_reply(conversation):
+def finished(started, content):
+    started.reply.finish(status=Message.Status.COMPLETE, content=content, finish_reason="stop")
+    return started
+
+
+def shown(conversation):
+    return [(m.role, m.content) for m in conversation.branch()]
+
+
+def test_regenerate_keeps_the_earlier_reply_as_a_version(conversation):
     first = conversation.send("Hi", "m")
     with pytest.raises(ActionRefused, match="still being written"):
         conversation.regenerate(first.reply.pk, "m")
-    first.reply.finish(status=Message.Status.COMPLETE, content="Hello")
-    with pytest.raises(ActionRefused, match="Only the latest reply"):
+    finished(first, "Hello")
+    with pytest.raises(ActionRefused, match="Only replies can be regenerated"):
         conversation.regenerate(first.added[0].pk, "m")
     again = conversation.regenerate(first.reply.pk, "m")
-    assert again.replaced == first.reply.pk and again.added == [again.reply]
-    assert not Message.objects.filter(pk=first.reply.pk).exists()
+    assert again.removed == [first.reply.pk] and again.added == [again.reply]
     assert again.prompt == [{"role": "user", "content": "Hi"}]
+    assert Message.objects.filter(pk=first.reply.pk).exists()  # kept, as version 1
+    versions = again.reply.versions
+    assert (versions.index, versions.count, versions.previous) == (2, 2, first.reply.pk)
+    assert [m.pk for m in conversation.branch()] == [first.added[0].pk, again.reply.pk]
+    with pytest.raises(ActionRefused, match="being written"):
+        conversation.switch_version(first.reply.pk)
+    finished(again, "Hello again")
+
+    switch = conversation.switch_version(first.reply.pk)
+    assert switch.removed == [again.reply.pk] and switch.added == [first.reply]
+    versions = switch.added[0].versions
+    assert (versions.index, versions.count, versions.next) == (1, 2, again.reply.pk)
+    assert shown(conversation) == [("user", "Hi"), ("assistant", "Hello")]  # as stored
+
+    # The next message follows the version on screen, and so does its prompt.
+    more = conversation.send("More", "m")
+    assert more.added[0].parent_id == first.reply.pk
+    assert more.prompt == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "More"},
+    ]
+
+
+def test_edit_starts_a_branch_and_keeps_the_original(conversation):
+    a = finished(conversation.send("A", "m"), "reply to A")
+    b = finished(conversation.send("B", "m"), "reply to B")
+    (sent_a, reply_a), (sent_b, reply_b) = a.added, b.added
+    with pytest.raises(ActionRefused, match="Type a message first"):
+        conversation.edit(sent_a.pk, "  ", "m")
+    with pytest.raises(ActionRefused, match="Only your own messages can be edited"):
+        conversation.edit(reply_a.pk, "no", "m")
+
+    edited = conversation.edit(sent_a.pk, "A, said better", "m")
+    new_a, new_reply = edited.added
+    assert edited.removed == [sent_a.pk, reply_a.pk, sent_b.pk, reply_b.pk]
+    assert edited.prompt == [{"role": "user", "content": "A, said better"}]
+    assert new_a.parent_id is None and new_reply.parent_id == new_a.pk
+    assert (new_a.versions.index, new_a.versions.count) == (2, 2)
+    assert new_a.versions.previous == sent_a.pk
+    assert new_reply.versions.count == 1
+    finished(edited, "reply to the better A")
+
+    # The original branch is kept whole, and comes back with its version.
+    conversation.switch_version(sent_a.pk)
+    assert shown(conversation) == [
+        ("user", "A"),
+        ("assistant", "reply to A"),
+        ("user", "B"),
+        ("assistant", "reply to B"),
+    ]
+    second = conversation.edit(sent_b.pk, "B2", "m")
+    assert second.prompt == [
+        {"role": "user", "content": "A"},
+        {"role": "assistant", "content": "reply to A"},
+        {"role": "user", "content": "B2"},
+    ]
+    finished(second, "reply to B2")
+    switch = conversation.switch_version(new_a.pk)
+    assert switch.removed == [sent_a.pk, reply_a.pk, second.added[0].pk, second.reply.pk]
+    assert [m.pk for m in switch.added] == [new_a.pk, new_reply.pk]
+    conversation.switch_version(sent_a.pk)  # under A, the branch chosen there last: B2
+    assert shown(conversation)[2:] == [("user", "B2"), ("assistant", "reply to B2")]
+    # Nothing was lost: six user messages and replies, each kept.
+    assert conversation.messages.count() == 8
+
+
+def test_a_version_of_another_conversation_or_gone_is_refused(conversation):
+    finished(conversation.send("Hi", "m"), "Hello")
+    other = Conversation.objects.create(owner=conversation.owner)
+    theirs = finished(other.send("Theirs", "m"), "Their reply")
+    for action in (
+        lambda: conversation.switch_version(theirs.reply.pk),
+        lambda: conversation.switch_version(None),
+        lambda: conversation.regenerate(theirs.reply.pk, "m"),
+        lambda: conversation.edit(theirs.added[0].pk, "mine now", "m"),
+    ):
+        with pytest.raises(ActionRefused, match="not in this conversation"):
+            action()
+    assert other.messages.count() == 2 and conversation.messages.count() == 2
+
+
+def test_a_page_away_during_a_switch_learns_the_branch_shown_now(conversation):
+    a = finished(conversation.send("A", "m"), "reply to A")
+    edited = finished(conversation.edit(a.added[0].pk, "A2", "m"), "reply to A2")
+    page = [m.pk for m in edited.added]  # the page shows the edited branch...
+    conversation.switch_version(a.added[0].pk)  # ...and another tab switches back
+    state = conversation.sync_state(max(page), page)
+    assert state.gone == page
+    assert [m.pk for m in state.newer] == [m.pk for m in a.added]
+    assert state.last_finished is None and state.streaming == []
+    # A page that is up to date lacks nothing.
+    state = conversation.sync_state(a.reply.pk, [m.pk for m in a.added])
+    assert state.gone == [] and state.newer == [] and state.last_finished.pk == a.reply.pk
 
 
 def test_resume_carries_an_interrupted_reply_on(conversation):
@@ -255,7 +357,7 @@ def test_resume_carries_an_interrupted_reply_on(conversation):
     Message.objects.filter(pk=started.reply.pk).update(status=Message.Status.INTERRUPTED)
     resumed = conversation.resume(started.reply.pk)
     assert resumed.reply.pk == started.reply.pk and resumed.reply.is_streaming
-    assert resumed.added == [] and resumed.replaced is None
+    assert resumed.added == [] and resumed.removed == []
     assert resumed.prompt == [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Done"},
@@ -272,3 +374,41 @@ def test_sync_state_says_what_a_page_lacks(conversation):
     assert state.last_finished == first.reply
     assert state.streaming == [second.reply.pk]
     assert state.gone == [10**6]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_versions_migration_links_existing_messages_and_keeps_search():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from conversations.search import search
+
+    before = [("conversations", "0012_conversation_pinned")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    user = old.get_model("auth", "User").objects.create(username="migrated")
+    OldMessage, OldConversation = (
+        old.get_model("conversations", name) for name in ("Message", "Conversation")
+    )
+    ids = {}
+    for title in ("one", "two"):
+        conversation = OldConversation.objects.create(owner=user, title=title)
+        ids[title] = [
+            OldMessage.objects.create(conversation=conversation, role=role, content=f"{title} x").pk
+            for role in ("user", "assistant", "user")
+        ]
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    for title, (a, b, c) in ids.items():
+        conversation = Conversation.objects.get(title=title)
+        assert [(m.pk, m.parent_id) for m in conversation.branch()] == [(a, None), (b, a), (c, b)]
+    # Full-text search still follows new messages (SQLite's triggers were made again).
+    conversation = Conversation.objects.get(title="two")
+    Message.objects.create(conversation=conversation, role="user", content="zebracorn")
+    from django.contrib.auth import get_user_model
+
+    owner = get_user_model().objects.get(username="migrated")
+    assert [hit.conversation.pk for hit in search(owner, "zebracorn")] == [conversation.pk]

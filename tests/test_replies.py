@@ -295,7 +295,9 @@ async def test_a_complete_reply_cannot_be_continued(start_upstream, conversation
     await socket.disconnect()
 
 
-async def test_regenerate_replaces_the_latest_reply(start_upstream, conversation, user, connect):
+async def test_regenerate_shows_a_new_version_and_keeps_the_old(
+    start_upstream, conversation, user, connect
+):
     server = await start_upstream(sequence(text_stream(["First try"]), text_stream(["Second"])))
     socket = await connect(conversation, user)
     await reply_to(socket)
@@ -303,8 +305,51 @@ async def test_regenerate_replaces_the_latest_reply(start_upstream, conversation
     await send(socket, action="regenerate", message_id=old.pk)
     frames = await receive_until(socket, ends_reply)
     assert f'id="turn-{old.pk}" hx-swap-oob="delete"' in frames[0]
-    assert [m.content for m in await messages_of(conversation)] == ["hi", "Second"]
+    assert [m.content for m in await messages_of(conversation)] == ["hi", "First try", "Second"]
     assert requests_of(server)[1]["messages"] == [{"role": "user", "content": "hi"}]
+    assert "2 / 2" in frames[-1] and "Previous version" in frames[-1]
+
+    # Previous version: every page of the conversation shows the first try again.
+    other = await connect(conversation, user)
+    await send(socket, action="switch", message_id=old.pk)
+    for page in (socket, other):
+        frame = await page.receive_from()
+        new = (await messages_of(conversation))[-1]
+        assert f'id="turn-{new.pk}" hx-swap-oob="delete"' in frame
+        assert "First try" in frame and "1 / 2" in frame and "Next version" in frame
+    await socket.disconnect()
+    await other.disconnect()
+
+
+async def test_edit_resends_on_a_new_branch_and_switching_restores_the_first(
+    start_upstream, conversation, user, connect
+):
+    server = await start_upstream(
+        sequence(text_stream(["One"]), text_stream(["Two"]), text_stream(["Edited"]))
+    )
+    socket = await connect(conversation, user)
+    await reply_to(socket, "first")
+    await reply_to(socket, "second")
+    first, one, second, two = await messages_of(conversation)
+    await send(socket, action="edit", message_id=second.pk, content="second, better")
+    frames = await receive_until(socket, ends_reply)
+    for gone in (second, two):
+        assert f'id="turn-{gone.pk}" hx-swap-oob="delete"' in frames[0]
+    assert requests_of(server)[2]["messages"] == [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "One"},
+        {"role": "user", "content": "second, better"},
+    ]
+    *_, edited, reply = await messages_of(conversation)
+    assert (edited.content, edited.parent_id, reply.content) == ("second, better", one.pk, "Edited")
+    assert "2 / 2" in frames[0] and ">Edit<" in frames[0]
+
+    await send(socket, action="switch", message_id=second.pk)
+    frame = await socket.receive_from()
+    assert "1 / 2" in frame and "Two" in frame
+    # Refusals: an edit to nothing, a version while a reply is written.
+    await send(socket, action="edit", message_id=first.pk, content=" ")
+    assert "Type a message first" in await socket.receive_from()
     await socket.disconnect()
 
 

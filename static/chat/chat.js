@@ -57,6 +57,49 @@
     }
   });
 
+  // Edit a message of yours in place: the form under it opens with its text selected;
+  // Enter (or Save) sends it as a new version, Escape or Cancel closes it. On the socket
+  // the edited text goes as "content", like the composer's.
+  function setEditing(form, open) {
+    var toggle = document.querySelector("[aria-controls='" + form.id + "']");
+    form.hidden = !open;
+    if (toggle) toggle.setAttribute("aria-expanded", open ? "true" : "false");
+    if (open) {
+      var text = form.querySelector("textarea");
+      text.focus();
+      text.select();
+    } else if (toggle) {
+      toggle.focus();
+    }
+  }
+  document.addEventListener("click", function (event) {
+    var toggle = event.target.closest(".edit-toggle");
+    if (toggle) {
+      var form = document.getElementById(toggle.getAttribute("aria-controls"));
+      if (form) setEditing(form, form.hidden);
+      return;
+    }
+    var cancel = event.target.closest(".edit-cancel");
+    if (cancel) setEditing(cancel.closest(".edit-form"), false);
+  });
+  document.addEventListener("keydown", function (event) {
+    var form = event.target.closest && event.target.closest(".edit-form");
+    if (!form) return;
+    if (event.key === "Escape") {
+      setEditing(form, false);
+    } else if (event.key === "Enter" && event.target.tagName === "TEXTAREA" &&
+               !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+      event.preventDefault();
+      if (event.target.value.trim() !== "") form.requestSubmit();
+    }
+  });
+  document.addEventListener("htmx:wsConfigSend", function (event) {
+    if (!event.target.classList || !event.target.classList.contains("edit-form")) return;
+    var parameters = event.detail.parameters;
+    parameters.content = parameters.edited;
+    delete parameters.edited;
+  });
+
   // Empty the composer once the message is on its way; keep a copy in case it is refused.
   document.addEventListener("htmx:wsAfterSend", function (event) {
     if (event.target !== composer()) return;
