@@ -19,7 +19,7 @@ from django.utils.safestring import mark_safe
 from django.utils.text import Truncator, smart_split, unescape_string_literal
 
 from . import admin_views
-from .models import AdminAccessRecord, Conversation, Message
+from .models import AdminAccessRecord, Conversation, Message, tree_of
 from .rendering import render_markdown
 
 REVIEW_PERMISSION = "conversations.review_conversation"
@@ -222,7 +222,7 @@ class ConversationAdmin(ReviewOnlyAdmin):
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
             context["transcript"] = [
-                (message, message_body_html(message)) for message in obj.messages.order_by("pk")
+                (message, message_body_html(message)) for message in tree_of(obj.messages.all())
             ]
         return super().render_change_form(request, context, add, change, form_url, obj)
 

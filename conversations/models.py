@@ -207,6 +207,8 @@ class Conversation(models.Model):
                 "total_tokens": total("total_tokens"),
             },
             "messages": [{name: getattr(m, name) for name in fields} for m in messages],
+            # The messages on the conversation's page; the others are earlier versions.
+            "branch": [m.pk for m in branch_of(messages)],
         }
 
     def branch(self) -> list["Message"]:
@@ -505,6 +507,27 @@ def branch_of(messages) -> list["Message"]:
         branch.append(chosen)
         parent = chosen.pk
     return branch
+
+
+def tree_of(messages) -> list["Message"]:
+    """Every message of one conversation, each turn's versions together and each version
+    followed by what came after it (depth first); each with its ``versions`` and whether
+    it is ``on_branch`` (shown on the conversation's page)."""
+    messages = sorted(messages, key=lambda m: m.pk)
+    shown = {m.pk for m in branch_of(messages)}
+    children: dict[int | None, list[Message]] = {}
+    for message in messages:
+        children.setdefault(message.parent_id, []).append(message)
+    ordered, pending = [], list(reversed(children.get(None, [])))
+    while pending:
+        message = pending.pop()
+        versions = children[message.parent_id]
+        at = versions.index(message)
+        message.versions = Versions(at + 1, len(versions), last_pk=versions[-1].pk)
+        message.on_branch = message.pk in shown
+        ordered.append(message)
+        pending.extend(reversed(children.get(message.pk, [])))
+    return ordered
 
 
 def _index_of(branch: list["Message"], message_id) -> int | None:

@@ -1,6 +1,7 @@
 """Reviewing conversations and token usage in the admin: read-only, permissioned, recorded."""
 
 import json
+import re
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -640,3 +641,41 @@ def test_the_message_list_and_its_search_record_whose_excerpts_were_shown(
         "conversation", flat=True
     )
     assert sorted(listed) == sorted([conversation.pk, conversation.pk, theirs.pk])  # not own
+
+
+def test_the_transcript_and_the_export_show_every_version(admin_client, conversation):
+    first = conversation.send("Tell me a joke", "m")
+    first.reply.finish(status="complete", content="The first joke.", finish_reason="stop")
+    again = conversation.regenerate(first.reply.pk, "m")
+    again.reply.finish(status="complete", content="The second joke.", finish_reason="stop")
+    edited = conversation.edit(first.added[0].pk, "Tell me a riddle", "m")
+    edited.reply.finish(status="complete", content="A riddle.", finish_reason="stop")
+    html = admin_client.get(change_url(conversation)).text
+    rows = re.findall(r'<tr id="transcript-(\d+)" class="([^"]*)"', html)
+    sent, riddle = first.added[0].pk, edited.added[0].pk
+    # Depth first: the first message, its two replies, then the edited version and its reply.
+    assert [int(pk) for pk, _ in rows] == [
+        sent,
+        first.reply.pk,
+        again.reply.pk,
+        riddle,
+        edited.reply.pk,
+    ]
+    assert [("off-branch" in css) for _, css in rows] == [True, True, True, False, False]
+    assert html.count("version 1 / 2") == 2 and html.count("version 2 / 2") == 2
+    assert "not shown (another version is)" in html
+
+    export = admin_client.post(
+        reverse("admin:conversations_conversation_changelist"),
+        {"action": "export_as_json", "_selected_action": [conversation.pk]},
+    )
+    (exported,) = json.loads(export.content)["conversations"]
+    assert exported["branch"] == [riddle, edited.reply.pk]
+    parents = {m["id"]: m["parent_id"] for m in exported["messages"]}
+    assert parents == {
+        sent: None,
+        first.reply.pk: sent,
+        again.reply.pk: sent,
+        riddle: None,
+        edited.reply.pk: riddle,
+    }
