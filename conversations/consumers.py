@@ -37,6 +37,7 @@ from .events import (
     reply_group,
     sockets_group,
 )
+from .forms import ConversationSettingsForm
 from .models import ActionRefused, Conversation, Message
 from .page import (
     CLOSE_GOING_AWAY,
@@ -45,7 +46,14 @@ from .page import (
     CLOSE_TOO_MANY_SOCKETS,
     max_frame_chars,
 )
-from .rendering import added_html, message_html, notice_html, removed_html, switched_html
+from .rendering import (
+    added_frames,
+    created_html,
+    message_html,
+    notice_html,
+    removed_html,
+    switched_frames,
+)
 from .runtime import TokenBucket, runtime
 
 log = logging.getLogger(__name__)
@@ -68,17 +76,19 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user = user
         self.session_key = self.scope["session"].session_key
-        conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
-        self.conversation = await get_conversation(user, conversation_id)
-        if self.conversation is None:
-            await self.accept()
-            await self.close(code=CLOSE_NOT_FOUND)
-            return
+        # No id: a new conversation, stored by its first message (start_conversation).
+        conversation_id = self.scope["url_route"]["kwargs"].get("conversation_id")
+        self.conversation = None
+        if conversation_id is not None:
+            self.conversation = await get_conversation(user, conversation_id)
+            if self.conversation is None:
+                await self.accept()
+                await self.close(code=CLOSE_NOT_FOUND)
+                return
         if not runtime.socket_opened(self.channel_name, user.pk):
             await self.accept()
             await self.close(code=CLOSE_TOO_MANY_SOCKETS)
             return
-        self.group = sockets_group(self.conversation.pk)
         rate = settings.CHAT_SOCKET_ACTIONS_PER_SECOND
         self.frame_budget = TokenBucket(rate, burst=max(1, round(rate * 4)))
         self.limit_noticed = float("-inf")
@@ -89,8 +99,15 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.orphan_check: asyncio.Task | None = None
         self.syncing: asyncio.Task | None = None
         self.sync_wanted: dict | None = None
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.group = None
+        if self.conversation is not None:
+            await self.join(self.conversation)
         await self.accept()
+
+    async def join(self, conversation) -> None:
+        self.conversation = conversation
+        self.group = sockets_group(conversation.pk)
+        await self.channel_layer.group_add(self.group, self.channel_name)
 
     async def disconnect(self, code):
         runtime.socket_closed(self.channel_name)
@@ -155,6 +172,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         try:
             if handler is None:
                 await self.notify(f"Unknown action {ascii(action)[:40]}.")
+            elif self.conversation is None and handler is not ConversationConsumer.send_message:
+                if handler is not ConversationConsumer.sync:  # a new page has nothing to sync
+                    await self.notify("Send a first message: this conversation is empty.")
             elif handler is ConversationConsumer.sync:
                 await self.sync(content)  # coalesced: checked and run by its own task
             else:
@@ -167,8 +187,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def failed(self, action) -> None:
         # A bug or an outage must not close the socket (1011): say so, keep it usable.
+        conversation_id = self.conversation.pk if self.conversation is not None else "(new)"
         log.exception(
-            "the %s action failed on conversation %s", ascii(action)[:40], self.conversation.pk
+            "the %s action failed on conversation %s", ascii(action)[:40], conversation_id
         )
         await self.notify(
             "The server could not do that just now. Nothing you sent before was lost; "
@@ -186,8 +207,38 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         return False
 
     async def send_message(self, data):
+        if self.conversation is None:
+            await self.start_conversation(data.get("content"))
+            return
         model = self.conversation.model or await runtime.default_model()
         await self.start(self.conversation.send, data.get("content"), model, refused="send")
+
+    async def start_conversation(self, content):
+        """The first message of a new page: store the conversation with it, make the page
+        the conversation's, then start the reply (as ``send`` does)."""
+        default_model = await runtime.default_model()
+        try:
+            started = await database_sync_to_async(self.stored_conversation)(content, default_model)
+        except ActionRefused as refusal:
+            await self.notify(str(refusal), refused="send")
+            return
+        await self.join(started.reply.conversation)
+        form = ConversationSettingsForm(instance=self.conversation, models=await runtime.models())
+        csrf = self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")
+        await self.send(created_html(self.conversation, form, csrf))
+        await replies.start_reply(started)
+
+    def stored_conversation(self, content, default_model: str):
+        # The settings chosen on the page wait in the session, read afresh: the socket's
+        # copy was loaded when it opened, before the Settings form may have saved them.
+        session = import_module(settings.SESSION_ENGINE).SessionStore(self.session_key)
+        started = Conversation.start(
+            self.user, session.get(Conversation.DRAFT), content, default_model
+        )
+        if Conversation.DRAFT in session:
+            del session[Conversation.DRAFT]  # the next new page starts afresh
+            session.save()
+        return started
 
     async def continue_reply(self, data):
         await self.start(self.conversation.resume, message_id_of(data))
@@ -210,7 +261,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         except ActionRefused as refusal:
             await self.notify(str(refusal), level="info")
             return
-        event = BranchSwitched(switched_html(switch))
+        event = BranchSwitched(switched_frames(switch))
         await self.channel_layer.group_send(self.group, event.as_message())
 
     async def start(self, action, *args, refused: str = ""):
@@ -288,8 +339,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         # Messages gone while the page was away (a reply regenerated in another tab).
         if state.gone:
             await self.send(removed_html(state.gone))
-        if state.newer:
-            await self.send(added_html(state.newer))
+        for frame in added_frames(state.newer):
+            await self.send(frame)
         if state.last_finished is not None:
             await self.send(message_html(state.last_finished))
         for message_id in state.streaming:
@@ -375,7 +426,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         await self.send(event.html)
 
     async def branch_switched(self, event: BranchSwitched):
-        await self.send(event.html)
+        for frame in event.frames:
+            await self.send(frame)
 
     async def site_closing(self, event: SiteClosing):
         await self.close(code=CLOSE_GOING_AWAY)

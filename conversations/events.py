@@ -102,11 +102,11 @@ class ConversationRetitled(Event):
 
 @dataclass(frozen=True, slots=True)
 class BranchSwitched(Event):
-    """Another version of a turn is shown (chosen in one tab): ``html`` puts its branch on
-    every page of the conversation."""
+    """Another version of a turn is shown (chosen in one tab): ``frames`` put its branch on
+    every page of the conversation, in order (a long branch takes several)."""
 
     type: ClassVar[str] = "branch.switched"
-    html: str
+    frames: list[str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,12 +142,34 @@ class Conversation(models.Model):
     def __str__(self):
         return self.title or f"Conversation {self.pk}"
 
+    # The session key of the settings chosen for a conversation not stored yet (a preset,
+    # the Settings form): a conversation is stored with its first message, not before.
+    DRAFT = "new_conversation"
+
     def get_absolute_url(self):
+        if self.pk is None:
+            return reverse("conversation-new")
         return reverse("conversation-detail", args=[self.pk])
 
     @property
     def websocket_path(self) -> str:
-        return f"/ws/conversations/{self.pk}/"
+        return f"/ws/conversations/{self.pk or 'new'}/"
+
+    @classmethod
+    def drafted(cls, owner, draft: dict | None) -> "Conversation":
+        """A conversation not stored yet, with the settings chosen for it."""
+        fields = {name: value for name, value in (draft or {}).items() if name in Preset.FIELDS}
+        return cls(owner=owner, **fields)
+
+    @classmethod
+    def start(cls, owner, draft: dict | None, content, default_model: str) -> StartedReply:
+        """Store a new conversation with its first message and the reply's row, together:
+        a message that is refused stores nothing."""
+        content = checked_content(content)
+        with transaction.atomic():
+            conversation = cls.drafted(owner, draft)
+            conversation.save()
+            return conversation.send(content, default_model)
 
     @property
     def display_title(self) -> str:

@@ -605,15 +605,38 @@ def removed_html(message_ids) -> str:
     return "".join(_partial("removed", {"ids": MessageIds(pk)}) for pk in message_ids)
 
 
-def switched_html(switch) -> str:
+def switched_frames(switch) -> list[str]:
     """Another version of a turn on the page (a ``models.BranchSwitch``): the turns of the
     branch shown before it go, those of the new one follow what stays."""
-    return removed_html(switch.removed) + added_html(switch.added)
+    frames = list(added_frames(switch.added)) or [""]
+    frames[0] = removed_html(switch.removed) + frames[0]  # in one swap with what replaces it
+    return frames
 
 
 def added_html(messages) -> str:
     """New messages at the end of the conversation."""
     return _partial("added", {"messages": messages})
+
+
+# Daphne refuses to send a websocket message over 1 MiB (its websocket_max_message_size,
+# which autobahn applies to what it sends too): a long history goes in frames under this.
+FRAME_BUDGET_BYTES = 512 * 1024
+
+
+def added_frames(messages, budget: int = FRAME_BUDGET_BYTES):
+    """``added_html`` in frames of at most ``budget`` bytes each (a single message larger
+    than that goes alone), in order."""
+    frame, size = [], 0
+    for message in messages:
+        html = added_html([message])
+        length = len(html.encode())
+        if frame and size + length > budget:
+            yield "".join(frame)
+            frame, size = [], 0
+        frame.append(html)
+        size += length
+    if frame:
+        yield "".join(frame)
 
 
 def notice_html(text: str, level: str = "error", refused: str = "") -> str:
@@ -623,6 +646,13 @@ def notice_html(text: str, level: str = "error", refused: str = "") -> str:
     puts the text back in the composer.
     """
     return _partial("notice", {"notice": text, "level": level, "refused": refused})
+
+
+def created_html(conversation, form, csrf_token: str = "") -> str:
+    """A new page's conversation, just stored by its first message: its heading and
+    controls, its link in the list, and its address (chat.js puts it in the location)."""
+    context = {"conversation": conversation, "settings_form": form, "csrf_token": csrf_token}
+    return _partial("created", context)
 
 
 def retitled_html(conversation) -> str:

@@ -5,7 +5,8 @@ from . import views
 urlpatterns = [
     path("", views.conversation_list, name="conversation-list"),
     path("search/", views.conversation_search, name="conversation-search"),
-    path("c/new/", views.conversation_create, name="conversation-create"),
+    path("c/new/", views.conversation_new, name="conversation-new"),
+    path("c/new/settings/", views.conversation_settings, name="conversation-new-settings"),
     path("c/<int:pk>/", views.conversation_detail, name="conversation-detail"),
     path("c/<int:pk>/pin/", views.conversation_pin, name="conversation-pin"),
     path("c/<int:pk>/rename/", views.conversation_rename, name="conversation-rename"),

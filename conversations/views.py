@@ -83,23 +83,23 @@ def list_context(user, page: int = 1) -> dict:
     return {"conversations": conversations, "more_conversations": more, "list_page": page}
 
 
-@require_POST
+@require_http_methods(["GET", "HEAD", "POST"])
 @login_required
-def conversation_create(request):
-    # An untouched conversation is reused, so clicking "New conversation" leaves no trail
-    # of empty rows.
-    empty = Conversation.objects.owned_by(request.user).filter(messages__isnull=True)
-    empty = empty.filter(title="", system_prompt="", pinned=False).first()
-    conversation = empty or Conversation(owner=request.user)
+@cache_control(private=True)
+def conversation_new(request):
+    """The page of a new conversation, which its first message stores (so "New
+    conversation" leaves no empty rows). A POST (the "New conversation" button) starts
+    afresh, from a preset if one is chosen: the settings wait in the session."""
+    if request.method != "POST":
+        draft = request.session.get(Conversation.DRAFT)
+        return conversation_page(request, Conversation.drafted(request.user, draft), [])
     preset_id = request.POST.get("preset", "")
     preset = None
     if preset_id.isdigit() and len(preset_id) < 19:  # an id, within the database's range
         preset = Preset.objects.filter(owner=request.user, pk=preset_id).first()
-    if preset is not None:
-        for field in Preset.FIELDS:
-            setattr(conversation, field, getattr(preset, field))
-    conversation.save()
-    return redirect(conversation)
+    draft = {field: getattr(preset, field) for field in Preset.FIELDS} if preset else {}
+    request.session[Conversation.DRAFT] = draft
+    return redirect("conversation-new")
 
 
 @require_safe
@@ -108,12 +108,16 @@ def conversation_create(request):
 def conversation_detail(request, pk):
     conversation = own_conversation(request, pk)
     runtime.sweep_orphans(conversation.pk)
+    return conversation_page(request, conversation, conversation.branch())
+
+
+def conversation_page(request, conversation, messages):
     return render(
         request,
         "conversations/conversation_detail.html",
         {
             "conversation": conversation,
-            "messages": conversation.branch(),
+            "messages": messages,
             **list_context(request.user),
             "settings_form": ConversationSettingsForm(
                 instance=conversation, models=runtime.model_names()
@@ -126,16 +130,25 @@ def conversation_detail(request, pk):
 @require_POST
 @login_required
 @cache_control(private=True)
-def conversation_settings(request, pk):
-    """Save the conversation's model, instructions and parameters (from the next reply on)."""
-    conversation = own_conversation(request, pk)
+def conversation_settings(request, pk=None):
+    """Save the conversation's model, instructions and parameters (from the next reply
+    on); for a conversation not stored yet (no ``pk``), keep them for its first message."""
+    if pk is None:
+        draft = request.session.get(Conversation.DRAFT)
+        conversation = Conversation.drafted(request.user, draft)
+    else:
+        conversation = own_conversation(request, pk)
     form = ConversationSettingsForm(
         request.POST, instance=conversation, models=runtime.model_names()
     )
     saved = ""
     if form.is_valid():
-        # Only its own fields: a title written meanwhile (conversations/titles.py) stays.
-        form.save(commit=False).save(update_fields=form.Meta.fields)
+        if pk is None:
+            chosen = {field: form.cleaned_data.get(field) for field in form.Meta.fields}
+            request.session[Conversation.DRAFT] = chosen
+        else:
+            # Only its own fields: a title written meanwhile (conversations/titles.py) stays.
+            form.save(commit=False).save(update_fields=form.Meta.fields)
         preset = form.save_preset(request.user)
         saved = "Saved: it applies from the next reply."
         if preset is not None:

@@ -86,11 +86,12 @@ async def start_upstream(settings):
 
 @pytest.fixture
 def connect():
-    """Open a websocket to a conversation as ``user``, as the browser would."""
+    """Open a websocket to a conversation as ``user``, as the browser would (to a new
+    page's socket when ``conversation`` is not stored)."""
 
     async def open_socket(conversation, user):
         headers = [*SITE_ORIGIN, (b"cookie", await session_cookie(user))]
-        communicator = socket_to(conversation.pk, headers)
+        communicator = socket_to(conversation.pk or "new", headers)  # unsaved: a new page
         connected, _ = await communicator.connect()
         assert connected
         return communicator

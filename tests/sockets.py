@@ -122,7 +122,7 @@ def session_cookie(user) -> bytes:
     return f"{name}={client.cookies[name].value}".encode()
 
 
-def socket_to(conversation_id: int, headers=()) -> WebsocketCommunicator:
+def socket_to(conversation_id: int | str, headers=()) -> WebsocketCommunicator:
     """A websocket through the whole ASGI stack (origin checks, sessions, routing)."""
     from chatsite.asgi import application
 

@@ -104,14 +104,12 @@ def test_pinned_conversations_come_first_in_the_list(client, user, library):
     assert soup.pinned is False
 
 
-def test_new_conversation_reuses_an_untouched_one(client, user):
+def test_new_conversation_stores_nothing_until_its_first_message(client, user):
     client.force_login(user)
-    first = client.post("/c/new/")["Location"]
-    assert client.post("/c/new/")["Location"] == first
-    assert Conversation.objects.filter(owner=user).count() == 1
-    said(Conversation.objects.get(owner=user), "now it has a message")
-    assert client.post("/c/new/")["Location"] != first
-    assert Conversation.objects.filter(owner=user).count() == 2
+    assert client.post("/c/new/")["Location"] == "/c/new/"
+    html = client.get("/c/new/").content.decode()
+    assert 'ws-connect="/ws/conversations/new/"' in html and "New conversation" in html
+    assert not Conversation.objects.filter(owner=user).exists()
 
 
 def test_the_list_loads_more_as_it_is_scrolled(client, user):

@@ -113,22 +113,26 @@ def test_a_preset_is_kept_and_starts_a_conversation(client, user, other_user, mo
     )
     assert f'value="{preset.pk}">Terse</option>' in client.get("/").content.decode()
 
+    # The preset waits in the session for the new conversation's first message.
     response = client.post("/c/new/", {"preset": str(preset.pk)})
-    started = Conversation.objects.get(pk=int(response["Location"].strip("/").split("/")[-1]))
-    assert (started.model, started.system_prompt, started.temperature) == (
-        "beta-70b",
-        "You are terse.",
-        0.1,
-    )
+    assert response["Location"] == "/c/new/"
+    assert client.session[Conversation.DRAFT] == {
+        "model": "beta-70b",
+        "system_prompt": "You are terse.",
+        "temperature": 0.1,
+        "top_p": None,
+        "max_tokens": None,
+    }
+    html = client.get("/c/new/").content.decode()
+    assert '<option value="beta-70b" selected>' in html and "You are terse.</textarea>" in html
+    assert list(Conversation.objects.filter(owner=user)) == [conversation]  # none stored
     # An id that is not a number, or not theirs, starts a plain conversation.
     for bad in ("abc", "9" * 30, "-1"):
         response = client.post("/c/new/", {"preset": bad})
-        assert response.status_code == 302
-        Conversation.objects.filter(owner=user, messages__isnull=True).delete()
+        assert response.status_code == 302 and client.session[Conversation.DRAFT] == {}
     client.force_login(other_user)
-    response = client.post("/c/new/", {"preset": str(preset.pk)})
-    plain = Conversation.objects.get(pk=int(response["Location"].strip("/").split("/")[-1]))
-    assert (plain.owner, plain.system_prompt, plain.model) == (other_user, "", "")
+    client.post("/c/new/", {"preset": str(preset.pk)})
+    assert client.session[Conversation.DRAFT] == {}
 
 
 async def test_the_model_prompt_and_parameters_reach_the_upstream_and_the_reply_records_its_model(

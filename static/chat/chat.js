@@ -164,7 +164,36 @@
       });
   }
 
+  // A new conversation's first message stored it: the page takes its address.
+  function createdUrl() {
+    var created = document.getElementById("conversation-created");
+    return created ? created.getAttribute("data-url") : null;
+  }
+  function takeCreatedAddress() {
+    var created = document.getElementById("conversation-created");
+    var url = createdUrl();
+    if (!url || location.pathname === url) return;
+    history.replaceState(null, "", url);
+    var title = created.getAttribute("data-title");
+    if (title) document.title = title;
+  }
+
+  // The socket of a new page reconnects as its conversation's once the first message has
+  // stored it (htmx's ws extension keeps the address it first connected to).
+  var createSocket = htmx.createWebSocket || function (url) {
+    var socket = new WebSocket(url, []);
+    socket.binaryType = htmx.config.wsBinaryType;
+    return socket;
+  };
+  htmx.createWebSocket = function (url) {
+    var created = document.getElementById("conversation-created");
+    var path = created && created.getAttribute("data-socket");
+    if (path) url = url.replace(/\/ws\/conversations\/new\/$/, path);
+    return createSocket(url);
+  };
+
   document.addEventListener("htmx:wsAfterMessage", function () {
+    takeCreatedAddress();
     closeFinishedThinking();
     showTimes();
     var refused = document.querySelector("#notices [data-refused='send']");

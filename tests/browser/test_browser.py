@@ -1,6 +1,7 @@
 """The site in headless Chromium: Daphne in its own process, a scripted upstream on loopback."""
 
 import random
+import re
 import time
 
 import pytest
@@ -207,11 +208,12 @@ def test_two_tabs_share_one_live_reply(browser, live_site):
     context = browser.new_context(base_url=live_site.url)
     first = context.new_page()
     start_conversation(first, live_site)
-    second = context.new_page()
-    second.goto(first.url)
-    second.locator("#chat[data-socket=open]").wait_for()
-
     send_message(first, "long-reply please")
+    # The first message stores the conversation; the page takes its address.
+    first.wait_for_url(re.compile(r"/c/\d+/$"))
+    second = context.new_page()
+    second.goto(first.url)  # mid-reply
+    second.locator("#chat[data-socket=open]").wait_for()
     wait_for_text(second, 30)  # the second tab sees the reply the first one started
     send_message(second, "a second message")
     second.get_by_role("alert").filter(has_text="still being written").wait_for()

@@ -6,6 +6,7 @@ tests/screenshots/ (ignored by git).
 """
 
 import contextlib
+import re
 from pathlib import Path
 
 import pytest
@@ -68,9 +69,12 @@ def logged_in(browser, site, width: str, **options):
 def test_the_chosen_model_and_settings_reach_the_model_and_stay_after_a_reload(
     browser, settings_site, width
 ):
+    count = "SELECT count(*) FROM conversations_conversation"
     with logged_in(browser, settings_site, width) as page:
+        (before,) = settings_site.query(count)
         page.get_by_role("button", name="New conversation").first.click()
         page.locator("#chat[data-socket=open]").wait_for()
+        assert page.url.endswith("/c/new/")
 
         picker = page.locator("select[name=model]")
         assert picker.input_value() == "alpha-7b"
@@ -94,6 +98,16 @@ def test_the_chosen_model_and_settings_reach_the_model_and_stay_after_a_reload(
         reply.wait_for()
         assert reply.inner_text().strip() == "model=beta-70b system=Be brief. temperature=0.4"
         assert "beta-70b" in page.locator(".turn-assistant .model").last.inner_text()
+        # Settings chosen, nothing stored; the first message stored the conversation,
+        # whose address, title and link the page now shows.
+        assert settings_site.query(count) == [(before[0] + 1,)]
+        assert re.search(r"/c/\d+/$", page.url)
+        path = page.url.removeprefix(settings_site.url)
+        assert page.title() == "hi · Chat"
+        if width == "desktop":
+            link = page.locator(f'#sidebar a[href="{path}"]')
+            assert link.get_attribute("aria-current") == "page" and link.inner_text() == "hi"
+        page.get_by_role("button", name="Rename").wait_for()
 
         page.reload()
         page.locator("#chat[data-socket=open]").wait_for()
@@ -205,6 +219,10 @@ def test_a_conversation_is_renamed_in_place(browser, settings_site):
     with logged_in(browser, settings_site, "desktop") as page:
         page.get_by_role("button", name="New conversation").first.click()
         page.locator("#chat[data-socket=open]").wait_for()
+        assert page.get_by_role("button", name="Rename").count() == 0  # nothing stored yet
+        page.locator("textarea[name=content]").fill("Hello")
+        page.locator("textarea[name=content]").press("Enter")
+        page.locator("[data-role=assistant]:not([data-status=streaming])").wait_for()
         page.get_by_role("button", name="Rename").click()
         title = page.locator("input[name=title]")
         assert title.evaluate("el => el === document.activeElement")

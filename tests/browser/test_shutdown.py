@@ -1,5 +1,6 @@
 """The Daphne process stops mid-reply (SIGTERM) or dies (SIGKILL): no reply stays streaming."""
 
+import re
 import signal
 import time
 
@@ -20,8 +21,24 @@ def own_site(tmp_path, live_upstream):
     site.stop()
 
 
+# Every websocket's close code, in order: the page reconnects at once, and a reconnection
+# refused by the stopped site closes with 1006, so the page's last code is not the first.
+RECORD_CLOSE_CODES = """(() => {
+  const Native = window.WebSocket;
+  window.closeCodes = [];
+  window.WebSocket = function (...args) {
+    const socket = new Native(...args);
+    socket.addEventListener("close", (event) => window.closeCodes.push(event.code));
+    return socket;
+  };
+  window.WebSocket.prototype = Native.prototype;
+  Object.assign(window.WebSocket, Native);
+})();"""
+
+
 def start_long_reply(browser, site):
     context = browser.new_context(base_url=site.url)
+    context.add_init_script(RECORD_CLOSE_CODES)
     page = context.new_page()
     page.set_default_timeout(15_000)
     log_in(page, site)
@@ -51,7 +68,7 @@ def test_sigterm_stores_the_reply_as_interrupted_with_its_text(browser, own_site
     # The page got the final element before its socket closed (1001: it reconnects).
     page.locator("[data-role=assistant][data-status=interrupted]").wait_for(timeout=2_000)
     page.locator("#chat[data-socket=closed]").wait_for(timeout=2_000)
-    assert page.locator("#chat").get_attribute("data-closed-with") == "1001"
+    assert page.evaluate("window.closeCodes[0]") == 1001
     assert "Exception inside application" not in (own_site.tmp / "daphne.log").read_text()
 
     content, status, error = last_reply(own_site)
@@ -91,4 +108,24 @@ def test_after_sigkill_no_reply_stays_streaming(browser, own_site):
     reply = page.locator("[data-role=assistant]")
     assert reply.get_attribute("data-status") == "interrupted"
     assert reply.inner_text().strip() == content.strip()
+    context.close()
+
+
+def test_a_new_pages_socket_reconnects_to_its_stored_conversation(browser, own_site):
+    context, page = start_long_reply(browser, own_site)  # from a new page
+    path = page.url.removeprefix(own_site.url)
+    assert re.fullmatch(r"/c/\d+/", path)
+    own_site.stop(signal.SIGTERM)
+    page.locator("[data-role=assistant][data-status=interrupted]").wait_for(timeout=5_000)
+    own_site.launch()
+    # The page reconnects by itself (no reload), to the conversation's socket: it is
+    # brought up to date, and its next message goes on in the same conversation.
+    page.locator("#chat[data-socket=open]").wait_for(timeout=15_000)
+    page.locator("textarea[name=content]").fill("and then?")
+    page.locator("textarea[name=content]").press("Enter")
+    page.locator("[data-role=assistant]").nth(1).wait_for()
+    page.locator("[data-role=assistant][data-status=complete]").wait_for(timeout=15_000)
+    assert own_site.query("SELECT count(*) FROM conversations_conversation") == [(1,)]
+    assert page.url.removeprefix(own_site.url) == path
+    assert page.locator("[data-role=user]").count() == 2
     context.close()

@@ -138,6 +138,8 @@ def test_stop_during_a_slow_tool_ends_the_reply(tool_page):
 
 def test_the_tools_panel_switches_a_tool_off_for_the_conversation(tool_page):
     page = tool_page
+    send(page, "hello")  # the first message stores the conversation, and its tools panel
+    page.locator("[data-role=assistant]:not([data-status=streaming])").wait_for()
     page.get_by_text("Tools", exact=True).click()
     echo = page.locator("input[name=on][value=box__echo]")
     echo.wait_for()
