@@ -225,6 +225,15 @@ CHAT_DEMO_TOKENS_PER_SECOND = env_float("CHAT_DEMO_TOKENS_PER_SECOND", 60.0)
 CHAT_MODEL = env("CHAT_MODEL")
 # Seconds the upstream's model list (GET /models), offered in each conversation, is kept.
 CHAT_MODELS_TTL = env_float("CHAT_MODELS_TTL", 300.0)
+# The default server's name above its models, once the admin has added endpoints.
+OPENAI_ENDPOINT_NAME = env("OPENAI_ENDPOINT_NAME", "Default")
+# Seconds a process keeps the endpoints configured in the admin before reading them again
+# (a change made in this process applies at once).
+CHAT_ENDPOINTS_TTL = env_float("CHAT_ENDPOINTS_TTL", 10.0)
+# Fernet keys (comma-separated) that encrypt the endpoints' API keys: the first encrypts,
+# every one decrypts, so a new key goes first and `manage.py rotate_endpoint_keys`
+# re-encrypts. Empty: a key derived from DJANGO_SECRET_KEY.
+CHAT_ENCRYPTION_KEYS = [key for key in env("CHAT_ENCRYPTION_KEYS").split(",") if key.strip()]
 # After a conversation's first reply, ask its model for a short title (one more upstream
 # request, counted in CHAT_MESSAGES_PER_MINUTE); off, or failing, the first words stay.
 CHAT_GENERATE_TITLES = env_bool("CHAT_GENERATE_TITLES", True)

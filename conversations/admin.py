@@ -364,4 +364,4 @@ class AdminAccessRecordAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">{}</a>', url, record.conversation_title)
 
 
-from . import admin_tools  # noqa: E402,F401  (the tool servers page)
+from . import admin_endpoints, admin_tools  # noqa: E402,F401  (endpoints, tool servers)

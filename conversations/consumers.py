@@ -223,7 +223,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self.notify(str(refusal), refused="send")
             return
         await self.join(started.reply.conversation)
-        form = ConversationSettingsForm(instance=self.conversation, models=await runtime.models())
+        groups = await runtime.model_groups()
+        form = ConversationSettingsForm(instance=self.conversation, groups=groups)
         csrf = self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")
         await self.send(created_html(self.conversation, form, csrf))
         await replies.start_reply(started)

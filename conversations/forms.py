@@ -3,7 +3,17 @@
 from django import forms
 from django.conf import settings
 
+from .endpoints import choice, parse_choice
 from .models import Conversation, Preset, model_label
+
+
+def flatten(options):
+    """The (value, label) pairs of choices that may be grouped."""
+    for value, label in options:
+        if isinstance(label, list | tuple):
+            yield from label
+        else:
+            yield value, label
 
 
 class ConversationSettingsForm(forms.ModelForm):
@@ -34,17 +44,26 @@ class ConversationSettingsForm(forms.ModelForm):
         model = Conversation
         fields = ["model", "system_prompt", "temperature", "top_p", "max_tokens"]
 
-    def __init__(self, *args, models: list[str], **kwargs):
+    def __init__(self, *args, groups, **kwargs):
+        """``groups``: each server with its models (``runtime.model_groups()``); one group
+        (the default server alone) is a plain list, several are grouped by server."""
         super().__init__(*args, **kwargs)
-        names = list(models)
+        options = [
+            (server.name, [(choice(server.id, name), model_label(name)) for name in names])
+            for server, names in groups
+        ]
+        if len(options) == 1:
+            options = options[0][1]
+        offered = {value for value, _ in flatten(options)}
         current = self.instance.model
-        if current and current not in names:
-            names.insert(0, current)  # a model the server no longer lists stays chosen
-        if not names:
-            names = [""]
-        self.fields["model"].choices = [(name, model_label(name)) for name in names]
+        if current and current not in offered:
+            # A model no longer offered stays chosen.
+            options.insert(0, (current, model_label(parse_choice(current)[1])))
+        if not options:
+            options = [("", model_label(""))]
+        self.fields["model"].choices = options
         if not current:
-            self.initial["model"] = names[0]
+            self.initial["model"] = next(iter(flatten(options)))[0]
 
     def clean_system_prompt(self):
         text = self.cleaned_data["system_prompt"]

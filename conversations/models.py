@@ -10,7 +10,9 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.urls import reverse
 from django.utils import timezone
 
+from . import endpoints
 from .demo import DEMO_LABEL, DEMO_MODEL
+from .endpoints import Endpoint
 from .page import MessageIds
 
 BUSY = (
@@ -177,7 +179,7 @@ class Conversation(models.Model):
 
     @property
     def model_label(self) -> str:
-        return model_label(self.model)
+        return model_label(endpoints.parse_choice(self.model)[1])
 
     MAX_TOOL_NAMES = 1000
 
@@ -238,16 +240,18 @@ class Conversation(models.Model):
         last. Each carries its ``versions`` (the turn's other versions). One query."""
         return branch_of(self.messages.all())
 
-    def prompt(self, branch=None, continuing: "Message | None" = None) -> list[dict]:
+    def prompt(
+        self, branch=None, continuing: "Message | None" = None, *, reasoning: bool = False
+    ) -> list[dict]:
         """The messages sent upstream for the reply after ``branch`` (the one on screen if
         None), or to carry ``continuing`` on: the system prompt, then the branch's finished
-        messages."""
+        messages (with their reasoning when the reply's server wants it back)."""
         branch = self.branch() if branch is None else branch
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        history = [part for m in branch if m.belongs_in_prompt for part in m.to_openai()]
+        history = [part for m in branch if m.belongs_in_prompt for part in m.to_openai(reasoning)]
         if continuing is not None:
             # The history leaves out streaming rows, so the text so far is added back here.
-            history.extend(continuing.to_openai())
+            history.extend(continuing.to_openai(reasoning))
             history.append({"role": "user", "content": CONTINUE_INSTRUCTION})
         return system + history
 
@@ -280,7 +284,7 @@ class Conversation(models.Model):
                     self.model = model
                     fields.append("model")
                 self.save(update_fields=fields)
-                prompt = self.prompt([*branch, sent])
+                prompt = self.prompt([*branch, sent], reasoning=reply.sends_reasoning)
         except IntegrityError as error:
             raise ReplyInProgress from error
         sent.versions = Versions.only(sent)
@@ -335,7 +339,7 @@ class Conversation(models.Model):
                 added.append(reply)
                 self.updated_at = now
                 self.save(update_fields=["updated_at"])
-                prompt = self.prompt(history)
+                prompt = self.prompt(history, reasoning=reply.sends_reasoning)
                 versions = old.versions.count + 1
         except IntegrityError as error:
             raise ReplyInProgress from error
@@ -365,6 +369,11 @@ class Conversation(models.Model):
             raise ReplyInProgress
         if not reply.can_continue:
             raise ActionRefused("This reply is complete; there is nothing to continue.")
+        if reply.endpoint_name and (reply.endpoint is None or not reply.endpoint.enabled):
+            raise ActionRefused(
+                "The server that wrote this reply is no longer offered: regenerate it with "
+                "another model instead."
+            )
         try:
             with transaction.atomic():
                 self.admit_reply()
@@ -374,7 +383,7 @@ class Conversation(models.Model):
             raise ReplyInProgress from error
         return StartedReply(
             reply,
-            self.prompt(branch[:-1], continuing=reply),
+            self.prompt(branch[:-1], continuing=reply, reasoning=reply.sends_reasoning),
             tools=self.tools(),
             parameters=self.parameters(),
         )
@@ -449,11 +458,23 @@ class Conversation(models.Model):
         message.save(force_insert=True)
         return message
 
-    def _new_reply(self, model: str, parent: "Message", now) -> "Message":
+    def _new_reply(self, chosen: str, parent: "Message", now) -> "Message":
+        """The reply's streaming row, for the ``chosen`` model (an ``endpoints.choice``)."""
+        endpoint_id, model = endpoints.parse_choice(chosen)
+        endpoint = None
+        if endpoint_id is not None:
+            endpoint = Endpoint.objects.filter(pk=endpoint_id, enabled=True).first()
+            if endpoint is None:
+                raise ActionRefused(
+                    "The server of this conversation's model is no longer offered: choose "
+                    "another model in Settings."
+                )
         return self.messages.create(
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
             model=model,
+            endpoint=endpoint,
+            endpoint_name=endpoint.name if endpoint else "",
             parent=parent,
             created_at=now,
             chosen_at=now,
@@ -709,6 +730,12 @@ class Message(models.Model):
     total_tokens = models.PositiveIntegerField(null=True, blank=True)
     reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
     model = models.CharField(max_length=200, blank=True)
+    # The server that wrote it: an admin's endpoint (its name kept should it be deleted),
+    # or none for the default server.
+    endpoint = models.ForeignKey(
+        Endpoint, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    endpoint_name = models.CharField(max_length=100, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -755,7 +782,16 @@ class Message(models.Model):
 
     @property
     def model_label(self) -> str:
-        return model_label(self.model)
+        label = model_label(self.model)
+        return f"{label} · {self.endpoint_name}" if self.endpoint_name else label
+
+    @property
+    def sends_reasoning(self) -> bool:
+        """Whether the server writing this reply wants earlier reasoning back: its
+        endpoint's option, CHAT_SEND_REASONING for the default server."""
+        if self.endpoint_id is not None:
+            return self.endpoint.send_reasoning
+        return settings.CHAT_SEND_REASONING
 
     @property
     def is_streaming(self) -> bool:
@@ -868,18 +904,19 @@ class Message(models.Model):
         early = self.status in (self.Status.INTERRUPTED, self.Status.STOPPED)
         return early or self.finish_reason == "length"
 
-    def to_openai(self) -> list[dict]:
+    def to_openai(self, reasoning: bool = False) -> list[dict]:
         """The message in a request: one, or for a reply with tool rounds, each round's
         assistant message with its calls and one tool message per call, then the rest.
 
         Reasoning stays out (models imitate it), unless the server wants it back
-        (CHAT_SEND_REASONING).
+        (``reasoning``: see ``sends_reasoning``).
         """
-        return tool_round_messages(self.content, self.tool_rounds or [], self._openai_tail())
+        tail = self._openai_tail(reasoning)
+        return tool_round_messages(self.content, self.tool_rounds or [], tail)
 
-    def _openai_tail(self) -> dict:
+    def _openai_tail(self, reasoning: bool) -> dict:
         message = {"role": self.role, "content": self.content}
-        if self.reasoning and settings.CHAT_SEND_REASONING:
+        if self.reasoning and reasoning:
             message["reasoning_content"] = self.reasoning
         return message
 

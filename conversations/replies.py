@@ -19,6 +19,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from . import titles, upstream
+from .endpoints import Server
 from .events import (
     TO_REPLIES,
     DecideToolCall,
@@ -293,14 +294,19 @@ class ReplyStream:
         Each round's calls and results join the next request. Rounds are bounded
         (CHAT_TOOL_MAX_ROUNDS): the request after the last one offers no tools.
         """
-        base_url = runtime.base_url()
-        offered = await self.tools.offer(base_url, self.message.model)
+        server = await runtime.server(self.message.endpoint_id)
+        if server is None:
+            raise upstream.UpstreamError(
+                f"The server “{self.message.endpoint_name}” is no longer offered on this site: "
+                "choose another model in Settings."
+            )
+        offered = await self.tools.offer(server.base_url, self.message.model)
         text_from, rounds_from = len(self.reply.text), len(self.reply.rounds)
         while True:
             last = len(self.reply.rounds) - rounds_from >= settings.CHAT_TOOL_MAX_ROUNDS
             rounds = self.reply.rounds[rounds_from:]
             messages = self.prompt + tool_round_messages(self.reply.text, rounds, None, text_from)
-            offered = await self._stream_with_retries(base_url, messages, offered, last=last)
+            offered = await self._stream_with_retries(server, messages, offered, last=last)
             if not (offered and self.reply.tool_calls) or last:
                 return  # calls asked for without tools offered are kept, not run
             await self.tools.run(self.reply.begin_round())
@@ -311,16 +317,16 @@ class ReplyStream:
             )
 
     async def _stream_with_retries(
-        self, base_url: str, messages: list[dict], offered: list[dict], *, last: bool
+        self, server: Server, messages: list[dict], offered: list[dict], *, last: bool
     ) -> list[dict]:
         """Stream one request; a retryable failure before any event is retried with backoff.
 
         Returns the tools still offered (none, once the server refused them).
         """
-        attempt, waited = 1, 0.0
+        attempt, waited, base_url = 1, 0.0, server.base_url
         while True:
             received = False
-            include_usage = base_url not in runtime.without_stream_options
+            include_usage = server.stream_options and base_url not in runtime.without_stream_options
             extra = dict(self.parameters)
             if offered:
                 extra = {"tools": offered, "tool_choice": "none" if last else "auto"}
@@ -330,7 +336,7 @@ class ReplyStream:
                     client=runtime.http(),
                     model=self.message.model,
                     messages=messages,
-                    api_key=settings.OPENAI_API_KEY,
+                    api_key=server.api_key,
                     idle_timeout=settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
                     include_usage=include_usage,
                     extra=extra,

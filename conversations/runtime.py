@@ -23,6 +23,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from . import demo, tools, upstream
+from .endpoints import Endpoint, KeyUnreadable, Server
 from .events import SiteClosing
 from .models import Message
 
@@ -49,6 +50,9 @@ class Runtime:
         self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
         self._first_models: dict[str, str] = {}
         self._models: dict[str, tuple[float, list[str]]] = {}  # base URL -> (at, names)
+        # The admin's endpoints (enabled ones), read every CHAT_ENDPOINTS_TTL seconds.
+        self._endpoints: tuple[float, dict[int, Server]] | None = None
+        self.endpoint_errors: dict[int, str] = {}  # endpoint id -> why it cannot be used
         self.without_stream_options: set[str] = set()  # base URLs that refuse it
         self._demo: demo.ServerThread | None = None
         # The MCP servers' sessions belong to the event loop that opened them.
@@ -226,38 +230,112 @@ class Runtime:
             self._first_models[base_url] = models[0] if models else ""
         return self._first_models[base_url]
 
+    def default_server(self) -> Server:
+        """OPENAI_BASE_URL with OPENAI_API_KEY, else the offline demo model."""
+        return Server(
+            id=None,
+            name=settings.OPENAI_ENDPOINT_NAME,
+            base_url=self.base_url(),
+            api_key=settings.OPENAI_API_KEY,
+            send_reasoning=settings.CHAT_SEND_REASONING,
+        )
+
+    async def server(self, endpoint_id: int | None) -> Server | None:
+        """The server of a reply (its ``Message.endpoint_id``); None when that endpoint is
+        no longer offered (deleted, switched off, or its API key unreadable)."""
+        if endpoint_id is None:
+            return self.default_server()
+        return (await self.endpoints()).get(endpoint_id)
+
+    async def endpoints(self) -> dict[int, Server]:
+        """The enabled endpoints of the admin, in their order, read at most every
+        CHAT_ENDPOINTS_TTL seconds (and after a change in this process)."""
+        kept = self._kept_endpoints()
+        return kept if kept is not None else await database_sync_to_async(self.read_endpoints)()
+
+    def _kept_endpoints(self) -> dict[int, Server] | None:
+        if self._endpoints is None:
+            return None
+        at, servers = self._endpoints
+        return servers if time.monotonic() - at <= settings.CHAT_ENDPOINTS_TTL else None
+
+    def read_endpoints(self) -> dict[int, Server]:
+        """``endpoints()`` from a thread that may use the database (sync)."""
+        kept = self._kept_endpoints()
+        if kept is not None:
+            return kept
+        servers, errors = {}, {}
+        try:
+            rows = list(Endpoint.objects.filter(enabled=True))
+        except DatabaseError:  # not migrated yet
+            return {}
+        for row in rows:
+            try:
+                servers[row.pk] = row.server()
+            except KeyUnreadable as error:
+                errors[row.pk] = str(error)
+                log.error("endpoint %r cannot be used: %s", row.name, error)
+        self.endpoint_errors = errors
+        self._endpoints = (time.monotonic(), servers)
+        return servers
+
+    def endpoints_changed(self) -> None:
+        """An endpoint was saved or deleted here: read them again, and their models."""
+        self._endpoints = None
+        self._models.clear()
+
     async def models(self, client: httpx.AsyncClient | None = None) -> list[str]:
         """The model names to offer: the upstream's /models (kept CHAT_MODELS_TTL seconds;
         a failure is asked again after 30 s), CHAT_MODEL first if it is not listed."""
         if not settings.OPENAI_BASE_URL:
             return [demo.DEMO_MODEL]
-        base_url, now = settings.OPENAI_BASE_URL, time.monotonic()
-        at, names = self._models.get(base_url, (float("-inf"), []))
-        if now - at > (settings.CHAT_MODELS_TTL if names else 30.0):
-            try:
-                names = await upstream.list_models(
-                    base_url, client=client or self.http(), api_key=settings.OPENAI_API_KEY
-                )
-            except upstream.UpstreamError as error:
-                log.warning("could not list the upstream's models: %s", error)
-                names = []
-            self._models[base_url] = (now, names)
+        names = await self._listed(self.default_server(), client)
         configured = [settings.CHAT_MODEL] if settings.CHAT_MODEL else []
         return configured + [name for name in names if name not in configured]
 
-    def model_names(self) -> list[str]:
-        """``models()`` from a request's thread (a sync view): on the serving loop, or, when
-        no server runs the site (a test's client), on a loop of its own."""
+    async def _listed(self, server: Server, client: httpx.AsyncClient | None) -> list[str]:
+        """What ``server`` lists at GET /models, kept CHAT_MODELS_TTL seconds (a failure:
+        nothing, asked again after 30 s)."""
+        key, now = f"{server.id}:{server.base_url}", time.monotonic()
+        at, names = self._models.get(key, (float("-inf"), []))
+        if now - at > (settings.CHAT_MODELS_TTL if names else 30.0):
+            try:
+                names = await upstream.list_models(
+                    server.base_url, client=client or self.http(), api_key=server.api_key
+                )
+            except upstream.UpstreamError as error:
+                log.warning("could not list the models of %s: %s", server.name, error)
+                names = []
+            self._models[key] = (now, names)
+        return names
+
+    async def model_groups(self, client=None, endpoints=None) -> list[tuple[Server, list[str]]]:
+        """Every server with the models it offers, the default server first: an
+        endpoint's configured models, else those its GET /models lists (asked of every
+        server at once). ``endpoints``: as ``endpoints()`` returns them, if read already."""
+        servers = list((endpoints if endpoints is not None else await self.endpoints()).values())
+
+        async def offered(server: Server) -> list[str]:
+            return list(server.models) or await self._listed(server, client)
+
+        lists = await asyncio.gather(self.models(client), *(offered(s) for s in servers))
+        return [(self.default_server(), lists[0]), *zip(servers, lists[1:], strict=True)]
+
+    def model_choices(self) -> list[tuple[Server, list[str]]]:
+        """``model_groups()`` from a request's thread (a sync view): on the serving loop, or,
+        when no server runs the site (a test's client), on a loop of its own."""
+        endpoints = self.read_endpoints()  # here: the serving loop may wait on this thread
         loop = self.loop
         if loop is not None and loop.is_running():
+            groups = self.model_groups(endpoints=endpoints)
             with contextlib.suppress(Exception):
-                # A page waits at most 3 s for an upstream that does not answer.
-                return asyncio.run_coroutine_threadsafe(self.models(), loop).result(3)
-            return []
+                # A page waits at most 3 s for servers that do not answer.
+                return asyncio.run_coroutine_threadsafe(groups, loop).result(3)
+            return [(self.default_server(), [])]
 
         async def once():
             async with upstream.new_client() as client:
-                return await self.models(client)
+                return await self.model_groups(client, endpoints)
 
         return async_to_sync(once)()
 

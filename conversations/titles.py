@@ -51,7 +51,9 @@ def after_reply(message: Message) -> None:
         if not settings.CHAT_GENERATE_TITLES or message.status != Message.Status.COMPLETE:
             return
         task = asyncio.create_task(
-            _write_title_logged(message.conversation_id, message.pk, message.model),
+            _write_title_logged(
+                message.conversation_id, message.pk, message.model, message.endpoint_id
+            ),
             name=f"title-{message.conversation_id}",
         )
         tasks.add(task)
@@ -60,26 +62,32 @@ def after_reply(message: Message) -> None:
         log.exception("could not start the title of conversation %s", message.conversation_id)
 
 
-async def _write_title_logged(conversation_id: int, reply_id: int, model: str) -> None:
+async def _write_title_logged(
+    conversation_id: int, reply_id: int, model: str, endpoint_id: int | None = None
+) -> None:
     try:
-        await write_title(conversation_id, reply_id, model)
+        await write_title(conversation_id, reply_id, model, endpoint_id)
     except Exception:
         log.exception("writing the title of conversation %s failed", conversation_id)
 
 
-async def write_title(conversation_id: int, reply_id: int, model: str) -> str | None:
-    """Ask ``model`` for the title of a conversation whose first reply is ``reply_id``;
-    the title stored and shown, or None (the first words stay)."""
+async def write_title(
+    conversation_id: int, reply_id: int, model: str, endpoint_id: int | None = None
+) -> str | None:
+    """Ask ``model`` (of the endpoint ``endpoint_id``, None for the default server) for
+    the title of a conversation whose first reply is ``reply_id``; the title stored and
+    shown, or None (the first words stay)."""
     request = await database_sync_to_async(_prepare)(conversation_id, reply_id)
-    if request is None:
+    server = await runtime.server(endpoint_id)
+    if request is None or server is None:
         return None
     try:
         answer = await upstream.complete_chat(
-            runtime.base_url(),
+            server.base_url,
             client=runtime.http(),
             model=model,
             messages=request.messages,
-            api_key=settings.OPENAI_API_KEY,
+            api_key=server.api_key,
             time_limit=TIMEOUT,
             extra={"max_tokens": MAX_TOKENS},
         )

@@ -120,7 +120,7 @@ def conversation_page(request, conversation, messages):
             "messages": messages,
             **list_context(request.user),
             "settings_form": ConversationSettingsForm(
-                instance=conversation, models=runtime.model_names()
+                instance=conversation, groups=runtime.model_choices()
             ),
             **page.context(),
         },
@@ -139,7 +139,7 @@ def conversation_settings(request, pk=None):
     else:
         conversation = own_conversation(request, pk)
     form = ConversationSettingsForm(
-        request.POST, instance=conversation, models=runtime.model_names()
+        request.POST, instance=conversation, groups=runtime.model_choices()
     )
     saved = ""
     if form.is_valid():
