@@ -252,10 +252,11 @@ class MessageAdmin(ReviewOnlyAdmin):
         "role",
         "status",
         "model",
+        "endpoint_name",
         "total_tokens",
         "created_at",
     ]
-    list_filter = ["role", "status", "finish_reason", "model", "created_at"]
+    list_filter = ["role", "status", "finish_reason", "model", "endpoint_name", "created_at"]
     search_fields = ["content", "conversation__title", "conversation__owner__username"]
     ordering = ["-pk"]
 
@@ -276,6 +277,7 @@ class MessageAdmin(ReviewOnlyAdmin):
         "role",
         "status",
         "model",
+        "endpoint_name",
         "body",
         "tool_calls",
         "finish_reason",
