@@ -223,11 +223,13 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self.notify(str(refusal), refused="send")
             return
         await self.join(started.reply.conversation)
+        # The request leaves first; the reply's frames reach this socket after this one
+        # (its group's events wait for this handler to return).
+        await replies.start_reply(started)
         groups = await runtime.model_groups()
         form = ConversationSettingsForm(instance=self.conversation, groups=groups)
         csrf = self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")
         await self.send(created_html(self.conversation, form, csrf))
-        await replies.start_reply(started)
 
     def stored_conversation(self, content, default_model: str):
         # The settings chosen on the page wait in the session, read afresh: the socket's
