@@ -261,3 +261,46 @@ def test_the_conversation_list_loads_more_when_scrolled_to_its_end(browser, sett
             )
         assert links.count() >= 80
         assert page.locator("#conversation-results", has_text="Old 000").count() == 1
+
+
+# The keyboard starts from the top of the page, as after it loads without autofocus.
+FROM_THE_TOP = "() => { document.body.tabIndex = -1; document.body.focus(); }"
+FOCUSED = """() => { const e = document.activeElement;
+  return e.id || e.getAttribute("name") || e.getAttribute("aria-label") || e.innerText.trim(); }"""
+
+
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_the_keyboard_goes_through_the_page_in_a_sensible_order(browser, settings_site, width):
+    with logged_in(browser, settings_site, width) as page:
+        page.get_by_role("button", name="New conversation").first.click()
+        page.locator("#chat[data-socket=open]").wait_for()
+        composer = page.locator("textarea[name=content]")
+        assert composer.evaluate("el => el === document.activeElement")  # ready to type
+        composer.fill("focus order")
+        composer.press("Enter")
+        page.locator("[data-role=assistant][data-status=complete]").wait_for()
+        assert composer.evaluate("el => el === document.activeElement")  # still there
+
+        page.evaluate(FROM_THE_TOP)
+        page.keyboard.press("Tab")
+        assert page.evaluate(FOCUSED) == "Skip to the message box"
+        page.keyboard.press("Enter")
+        assert page.evaluate(FOCUSED) == "composer-content"
+
+        page.evaluate(FROM_THE_TOP)
+        order = []
+        for _ in range(40):
+            page.keyboard.press("Tab")
+            order.append(page.evaluate(FOCUSED))
+            if order[-1] == "Send":
+                break
+        # The site's header, the list (behind "Conversations" at phone width), the
+        # conversation's header, its messages' controls, then the composer.
+        wanted = ["Skip to the message box", "Log out", "Rename", "id_model", "Settings"]
+        wanted += ["Edit", "Regenerate", "composer-content", "Send"]
+        if width == "desktop":
+            wanted[2:2] = ["New conversation", "conversation-q"]
+        else:
+            wanted[1:1] = ["Conversations"]
+            assert "conversation-q" not in order  # the closed drawer is out of reach
+        assert [name for name in order if name in wanted] == wanted
