@@ -476,8 +476,9 @@ def _json_error(error) -> str:
 def store(owner_id: int, imported: list[ImportedConversation], stopping=None) -> list[int]:
     """Write the conversations for ``owner_id`` in one transaction; their ids, in order.
 
-    A few queries per thousand messages: the conversations and the messages are inserted
-    in batches, then the messages' parents are set (their ids are known only then).
+    The conversations, then the messages turn by turn (the first messages of every
+    conversation, then the second, ...), in batches: one INSERT per thousand messages and
+    per turn of the longest conversation.
     ``stopping`` (a threading.Event) abandons it between batches, storing nothing.
     """
 
@@ -500,9 +501,12 @@ def store(owner_id: int, imported: list[ImportedConversation], stopping=None) ->
             ],
             batch_size=BATCH,
         )
-        rows, parents = [], []  # parents: (row, its parent's key in the file)
+        # By depth: every message's parent is stored (and has its id) before it.
+        levels: dict[int, list] = {}
         for conversation, source in zip(conversations, imported, strict=True):
-            for message in source.messages:
+            depth = {}
+            for message in source.messages:  # depth first: parents come before children
+                depth[message.key] = 0 if message.parent is None else depth[message.parent] + 1
                 values = {
                     "status": Message.Status.COMPLETE,
                     "finished_at": message.created_at,
@@ -516,20 +520,17 @@ def store(owner_id: int, imported: list[ImportedConversation], stopping=None) ->
                     chosen_at=message.chosen_at,
                     **values,
                 )
-                rows.append(row)
-                parents.append((conversation.pk, message.key, message.parent))
-        for start in range(0, len(rows), BATCH):
-            check()
-            Message.objects.bulk_create(rows[start : start + BATCH])
-        pk_of = {(c, key): row.pk for row, (c, key, _) in zip(rows, parents, strict=True)}
-        linked = []
-        for row, (c, _, parent) in zip(rows, parents, strict=True):
-            if parent is not None:
-                row.parent_id = pk_of[(c, parent)]
-                linked.append(row)
-        for start in range(0, len(linked), BATCH):
-            check()
-            Message.objects.bulk_update(linked[start : start + BATCH], ["parent"])
+                levels.setdefault(depth[message.key], []).append((row, message))
+        pk_of = {}  # (conversation id, key in the file) -> message id
+        for level in sorted(levels):
+            rows = levels[level]
+            for row, message in rows:
+                if message.parent is not None:
+                    row.parent_id = pk_of[(row.conversation_id, message.parent)]
+            for start in range(0, len(rows), BATCH):
+                check()
+                Message.objects.bulk_create([row for row, _ in rows[start : start + BATCH]])
+            pk_of.update(((row.conversation_id, m.key), row.pk) for row, m in rows)
         check()
     return [c.pk for c in conversations]
 

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from conversations import imports, search
 from conversations.imports import ImportRefused, read_document
-from conversations.models import Conversation, ConversationImport, Message
+from conversations.models import Conversation, ConversationImport, Message, tree_of
 
 pytestmark = pytest.mark.django_db
 
@@ -133,11 +133,19 @@ def shown(conversation):
 
 
 def tree(conversation):
-    """Each message as (role, text, its parent's text), in the order of their ids."""
-    by_pk = {m.pk: m for m in conversation.messages.all()}
+    """Every message depth first, each turn's versions in order, as (role, text, its
+    parent's text, "i / n" among its turn's versions, whether it is shown)."""
+    messages = tree_of(conversation.messages.all())
+    text = {m.pk: m.content for m in messages}
     return [
-        (m.role, m.content, by_pk[m.parent_id].content if m.parent_id else None)
-        for m in by_pk.values()
+        (
+            m.role,
+            m.content,
+            text.get(m.parent_id),
+            f"{m.versions.index} / {m.versions.count}",
+            m.on_branch,
+        )
+        for m in messages
     ]
 
 
@@ -157,13 +165,13 @@ def test_a_chatgpt_conversation_keeps_its_versions_and_shows_the_current_branch(
     # The system message, the browsing call and its result are left out; what followed
     # them hangs from the message above them.
     assert tree(conversation) == [
-        ("user", "What is a leek?", None),
-        ("assistant", "An onion's cousin.", "What is a leek?"),
-        ("assistant", "A vegetable of the allium family.", "What is a leek?"),
-        ("user", "What is a leek, really?", None),
-        ("assistant", "Allium porrum, a **vegetable**.", "What is a leek, really?"),
-        ("user", "[image]\nIs this one?", "Allium porrum, a **vegetable**."),
-        ("assistant", "Yes, that is a leek.", "[image]\nIs this one?"),
+        ("user", "What is a leek?", None, "1 / 2", False),
+        ("assistant", "An onion's cousin.", "What is a leek?", "1 / 2", False),
+        ("assistant", "A vegetable of the allium family.", "What is a leek?", "2 / 2", False),
+        ("user", "What is a leek, really?", None, "2 / 2", True),
+        ("assistant", "Allium porrum, a **vegetable**.", "What is a leek, really?", "1 / 1", True),
+        ("user", "[image]\nIs this one?", "Allium porrum, a **vegetable**.", "1 / 1", True),
+        ("assistant", "Yes, that is a leek.", "[image]\nIs this one?", "1 / 1", True),
     ]
     replies = conversation.messages.filter(role="assistant")
     assert {m.status for m in replies} == {"complete"}
@@ -224,7 +232,8 @@ def test_the_same_queries_store_2_or_40_conversations(user):
         return len(captured)
 
     few = queries(2)
-    assert few <= 6 and queries(40) == few
+    # The transaction's two, the conversations, and one per turn of the longest (4).
+    assert few == 2 + 1 + 4 and queries(40) == few
     assert Message.objects.filter(conversation__owner=user).count() == 42 * 7
 
 
@@ -321,14 +330,20 @@ def test_malformed_documents_are_refused_with_what_is_wrong():
 def test_an_error_while_storing_stores_nothing(user, monkeypatch):
     imported = read_document([chatgpt_conversation(), chatgpt_conversation()])
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("disk full")
+    calls, bulk_create = [], Message.objects.bulk_create
 
-    monkeypatch.setattr(Message.objects, "bulk_update", broken)
+    def broken(rows, *args, **kwargs):  # the second turn's messages fail
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return bulk_create(rows, *args, **kwargs)
+
+    monkeypatch.setattr(Message.objects, "bulk_create", broken)
     with pytest.raises(RuntimeError):
         imports.store(user.pk, imported)
+    assert calls == [4, 6]  # the first messages were written, then rolled back
     assert not Conversation.objects.exists() and not Message.objects.exists()
-    assert search.search(user, "porrum") == []
+    assert search.search(user, "porrum") == [] and search.search(user, "leek") == []
 
 
 @pytest.mark.django_db(transaction=True)
