@@ -248,6 +248,10 @@ CHAT_FLUSH_MAX_INTERVAL = env_float("CHAT_FLUSH_MAX_INTERVAL", 0.1)
 CHAT_FLUSH_INTERVAL_PER_REPLY = env_float("CHAT_FLUSH_INTERVAL_PER_REPLY", 0.0005)
 # A user message longer than this (characters) is refused before anything is stored.
 CHAT_MAX_MESSAGE_CHARS = int(env("CHAT_MAX_MESSAGE_CHARS", "32000"))
+# Imports (conversations/imports.py): the largest file accepted, in bytes, and the seconds
+# after which an import whose row has not moved is taken to have lost its process.
+CHAT_IMPORT_MAX_BYTES = int(env("CHAT_IMPORT_MAX_BYTES", str(200 * 1024 * 1024)))
+CHAT_IMPORT_STALE_AFTER = env_float("CHAT_IMPORT_STALE_AFTER", 900.0)
 # No reply runs longer than this many seconds in all (retries included).
 CHAT_REPLY_TIMEOUT = env_float("CHAT_REPLY_TIMEOUT", 600.0)
 # A busy or failing upstream (408, 409, 429, 5xx, no connection) is retried before

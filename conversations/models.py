@@ -1180,3 +1180,43 @@ class ToolSetting(models.Model):
 
     def __str__(self):
         return f"{self.server} / {self.tool}"
+
+
+class ConversationImport(models.Model):
+    """A file of conversations being imported (conversations/imports.py): its progress,
+    and once it ends, what it made or why it made nothing."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="imports"
+    )
+    file_name = models.CharField(max_length=255)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    total = models.PositiveIntegerField(null=True, blank=True)  # conversations in the file
+    done = models.PositiveIntegerField(default=0)  # of them checked so far
+    storing = models.BooleanField(default=False)  # all checked; being written
+    error = models.TextField(blank=True)
+    conversation_ids = models.JSONField(default=list, blank=True)  # what it made, in order
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return f"import of {self.file_name} ({self.status})"
+
+    @property
+    def is_over(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED)
+
+    def conversations(self):
+        """What it made that still exists, in the file's order."""
+        found = Conversation.objects.owned_by(self.owner_id).in_bulk(self.conversation_ids)
+        return [found[pk] for pk in self.conversation_ids if pk in found]

@@ -60,6 +60,8 @@ class Runtime:
         self._opening_tools: asyncio.Future | None = None  # held, so it is not collected
         self.tool_config_error = ""  # why CHAT_MCP_CONFIG could not be used
         self.without_tools: set[tuple[str, str]] = set()  # (base URL, model) refusing them
+        # Imports running on threads of this process: job id -> (thread, its stop event).
+        self.imports: dict[int, tuple] = {}
 
     # --- start and shutdown -------------------------------------------------------------
 
@@ -121,13 +123,19 @@ class Runtime:
         signal.signal(signal.SIGTERM, on_sigterm)
 
     async def shutdown(self, grace: float = 5.0) -> None:
-        """Store every running reply as interrupted, with its text; close the HTTP client."""
+        """Store every running reply as interrupted, with its text; abandon the imports
+        running here (they store nothing); close the HTTP client."""
         running = list(self.replies.values())
         for reply in running:
             reply.stop(Message.Status.INTERRUPTED, SHUTDOWN_ERROR)
+        importing = list(self.imports.values())
+        for _, stopping in importing:  # each rolls back and records that it stored nothing
+            stopping.set()
         tasks = [reply.task for reply in running if reply.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
+        for thread, _ in importing:
+            await asyncio.to_thread(thread.join, grace)
         await self._close_sockets()
         await self.close_tool_servers()
         if self._http is not None:

@@ -14,5 +14,9 @@ urlpatterns = [
     path("c/<int:pk>/tools/", views.conversation_tools, name="conversation-tools"),
     path("c/<int:pk>/delete/", views.conversation_delete, name="conversation-delete"),
     path("c/<int:pk>/export.json", views.conversation_export, name="conversation-export"),
+    path("import/", views.conversation_import, name="conversation-import"),
+    path(
+        "import/<int:pk>/", views.conversation_import_progress, name="conversation-import-progress"
+    ),
     path("accounts/signup/", views.signup, name="signup"),
 ]

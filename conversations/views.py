@@ -1,3 +1,5 @@
+import tempfile
+
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import login
@@ -8,9 +10,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
-from . import page, search
+from . import imports, page, search
 from .forms import ConversationSettingsForm
-from .models import Conversation, Preset, model_label
+from .models import Conversation, ConversationImport, Preset, model_label
 from .rendering import retitled_html, settings_html, tools_panel_html
 from .runtime import runtime
 from .tool_calls import tool_panel
@@ -195,6 +197,64 @@ def conversation_export(request, pk):
     response = JsonResponse(conversation.export(), json_dumps_params={"indent": 2})
     response["Content-Disposition"] = f'attachment; filename="conversation-{conversation.pk}.json"'
     return response
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+@login_required
+@cache_control(private=True)
+def conversation_import(request):
+    """The import page; a POST takes a file, stores it to a temporary file and imports it
+    in the background (conversations/imports.py), then shows its progress."""
+    error, status = "", 200
+    if request.method == "POST":
+        limit = settings.CHAT_IMPORT_MAX_BYTES
+        sent = request.META.get("CONTENT_LENGTH", "")
+        sent = int(sent) if sent.isdigit() else 0
+        # A body far past the limit is refused before it is parsed into a temporary file.
+        upload = request.FILES.get("file") if sent <= limit + 64 * 1024 else None
+        if sent > limit + 64 * 1024 or (upload is not None and upload.size > limit):
+            error, status = too_big(upload.size if upload else sent, limit), 413
+        elif upload is None:
+            error, status = "Choose a file to import (conversations.json, say).", 400
+        else:
+            job = ConversationImport.objects.create(owner=request.user, file_name=upload.name[:255])
+            with tempfile.NamedTemporaryFile(prefix="import-", suffix=".json", delete=False) as f:
+                for piece in upload.chunks():
+                    f.write(piece)
+            imports.start(job, f.name)
+            return redirect("conversation-import-progress", job.pk)
+    return render(
+        request,
+        "conversations/import.html",
+        {
+            **list_context(request.user),
+            "error": error,
+            "max_megabytes": settings.CHAT_IMPORT_MAX_BYTES // (1024 * 1024),
+            "recent": ConversationImport.objects.filter(owner=request.user)[:5],
+        },
+        status=status,
+    )
+
+
+def too_big(size: int, limit: int) -> str:
+    return (
+        f"The file is {size / 1024 / 1024:,.1f} MB; the largest accepted is "
+        f"{limit / 1024 / 1024:,.0f} MB."
+    )
+
+
+@require_safe
+@login_required
+@cache_control(private=True)
+def conversation_import_progress(request, pk):
+    """An import's page; for htmx (polling it every second until it ends), its progress."""
+    job = get_object_or_404(ConversationImport, owner=request.user, pk=pk)
+    imports.sweep_if_stale(job)
+    context = {"job": job, "imported": job.conversations() if job.status == "done" else []}
+    if request.headers.get("HX-Request"):
+        return render(request, "conversations/import.html#progress", context)
+    context.update(list_context(request.user))
+    return render(request, "conversations/import.html", context)
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
