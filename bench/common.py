@@ -150,11 +150,13 @@ class Site:
         self.processes: list[subprocess.Popen] = []
         self.nginx: subprocess.Popen | None = None
 
-    def manage(self, *args: str, extra_env: dict | None = None) -> None:
+    def manage(self, *args: str, extra_env: dict | None = None) -> str:
+        """Run manage.py on the site's database; what it printed."""
         env, command = {**self.env, **(extra_env or {})}, [PYTHON, "manage.py", *args]
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"manage.py {args[0]} failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
 
     def start(self) -> Site:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -269,7 +271,9 @@ class Account:
         self.cookie = "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
 
     def new_conversation(self) -> str:
-        """Create a conversation and return its socket's path, from the page's ws-connect."""
+        """Open a new conversation's page and return its socket's path, from the page's
+        ws-connect (``/ws/conversations/new/``: the first message sent on it stores the
+        conversation, as in the browser)."""
         created = self.http.post("/c/new/", headers={"X-CSRFToken": self.http.cookies["csrftoken"]})
         if created.status_code != 302:
             raise RuntimeError(f"POST /c/new/ answered {created.status_code}")

@@ -201,8 +201,20 @@ def launch(stack: ExitStack):
     return browser
 
 
-def new_conversation(browser, site: common.Site, username: str):
-    """A fresh context, logged in through the form, on a new conversation, its socket open."""
+# A stored conversation of BENCH_OWNER, for --witness: a bare socket can join only a
+# conversation that exists (a new page's first message stores it).
+STORE_CONVERSATION = """
+import os
+from django.contrib.auth import get_user_model
+from conversations.models import Conversation
+owner = get_user_model().objects.get(username=os.environ["BENCH_OWNER"])
+print(Conversation.objects.create(owner=owner).pk)
+"""
+
+
+def new_conversation(browser, site: common.Site, username: str, stored: bool = False):
+    """A fresh context, logged in through the form, on a new conversation's page (or, when
+    ``stored``, on an empty conversation stored beforehand), its socket open."""
     context = browser.new_context(base_url=site.url)
     context.add_init_script(INIT_SCRIPT)
     page = context.new_page()
@@ -212,8 +224,12 @@ def new_conversation(browser, site: common.Site, username: str):
     page.fill("input[name=password]", common.PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url(f"{site.url}/")
-    page.get_by_role("button", name="New conversation").first.click()
-    page.wait_for_url("**/c/*/")
+    if stored:
+        out = site.manage("shell", "-c", STORE_CONVERSATION, extra_env={"BENCH_OWNER": username})
+        page.goto(f"/c/{int(out.split()[-1])}/")
+    else:
+        page.get_by_role("button", name="New conversation").first.click()
+        page.wait_for_url("**/c/new/")
     # #connection starts hidden and is hidden again on htmx:wsOpen: the init script's flag says
     # the socket really opened.
     opened = "() => window.__wsOpenAt !== undefined"
@@ -226,10 +242,10 @@ def run_in_browser(browser, site: common.Site, username: str, name: str, timeout
     used from right before Enter to the final element. ``stop_after=N``: press "Stop reply"
     once token N is visible (the warm-up). ``witness=N``: a bare socket reads the same reply
     of N tokens too (``recorded["witness_seen"]``)."""
-    context, page = new_conversation(browser, site, username)
+    stop_after, witness = options.get("stop_after"), options.get("witness")
+    context, page = new_conversation(browser, site, username, stored=bool(witness))
     try:
         cookie = "; ".join(f"{c['name']}={c['value']}" for c in context.cookies())
-        stop_after, witness = options.get("stop_after"), options.get("witness")
         path = page.get_attribute("#chat", "ws-connect")
         bare = start_witness(site.url, path, cookie, name, timeout) if witness else None
         page.evaluate(OBSERVER_SCRIPT)
