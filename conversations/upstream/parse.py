@@ -33,8 +33,10 @@ __all__ = ["StreamParser"]
 class StreamParser:
     """Bytes in, events out, for one response.
 
-    Each method returns the events as a list, built in one pass: a chunk goes
-    SSE event -> JSON object -> first choice -> delta, each step a plain call.
+    A chunk goes SSE event -> JSON object -> first choice -> delta, each step a
+    plain call adding to one list per SSE event. ``feed`` and ``close`` yield
+    those events one SSE event at a time, so the events of the SSE events read
+    before a bad one arrive before its StreamError.
     """
 
     def __init__(self, api_key: str = ""):
@@ -44,17 +46,16 @@ class StreamParser:
         self.done = False  # [DONE] arrived: stop reading
         self.finished = False  # a finish_reason arrived: an EOF now is a normal end
 
-    def feed(self, chunk: bytes) -> list[Event]:
+    def feed(self, chunk: bytes) -> Iterator[Event]:
         """The events completed by the next piece of an event stream."""
-        return self._sse_events(self._sse.feed(chunk)) if not self.done else []
+        if not self.done:
+            yield from self._sse_events(self._sse.feed(chunk))
 
-    def close(self) -> list[Event]:
+    def close(self) -> Iterator[Event]:
         """At EOF: whatever is still buffered, even without a final blank line."""
-        if self.done:
-            return []
-        events = self._sse_events(self._sse.flush())
-        events += self._tags.flush()
-        return events
+        if not self.done:
+            yield from self._sse_events(self._sse.flush())
+            yield from self._tags.flush()
 
     def whole(self, body: bytes) -> list[Event]:
         """A complete (non-streamed) chat.completion object."""
@@ -64,16 +65,16 @@ class StreamParser:
         self.done = True
         return events
 
-    def _sse_events(self, sse_events: list[ServerSentEvent]) -> list[Event]:
-        events: list[Event] = []
+    def _sse_events(self, sse_events: list[ServerSentEvent]) -> Iterator[Event]:
         for sse in sse_events:
             if self.done:
-                break
+                return
             # The event name is not looked at: servers send "message", "completion.chunk"
             # or none. Empty data (a bare "data:") carries nothing.
             if sse.data:
+                events: list[Event] = []
                 self._data_events(sse.data, events)
-        return events
+                yield from events
 
     def _data_events(self, data: str, events: list[Event]) -> None:
         if data.strip() == "[DONE]":
