@@ -162,3 +162,19 @@ def test_a_long_line_in_many_pieces():
     value = b"x" * 200_000
     body = b"data: " + value + b"\n\n"
     assert datas(*(body[i : i + 10] for i in range(0, len(body), 10))) == [value.decode()]
+
+
+def test_a_chunk_of_one_whole_event_keeps_what_came_before():
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\n\n") == [ServerSentEvent("a")]
+    assert decoder.feed(b"event: delta\n") == []
+    assert decoder.feed(b"data: b\n\n") == [ServerSentEvent("b", "delta")]
+    assert decoder.feed(b"data: c\n") == []
+    assert decoder.feed(b"data: d\n\n") == [ServerSentEvent("c\nd")]
+    assert decoder.feed(b"id: 7\n\n") == []
+    assert decoder.feed(b"data: e\n\n") == [ServerSentEvent("e", "message", "7")]
+    assert decoder.feed(b"data: f\rdata: g\n\n") == [ServerSentEvent("f\ng", "message", "7")]
+    assert decoder.feed(b"data: h") == []
+    assert decoder.feed(b"data: i\n\n") == [ServerSentEvent("hdata: i", "message", "7")]
+    assert decoder.feed(b"data: j\r") == []
+    assert decoder.feed(b"\ndata: k\n\n") == [ServerSentEvent("j\nk", "message", "7")]

@@ -699,6 +699,15 @@ async def test_error_object_mid_stream(serve, client):
     assert exc.retryable
 
 
+async def test_events_read_with_an_error_arrive_before_it(serve, client):
+    # One read can carry several events (a loaded machine, a proxy that buffers).
+    for bad in ({"error": {"message": "boom"}}, '{"choices": ['):
+        server = await serve(raw(sse_body(c({"content": "x"}), bad, done=False)))
+        events, exc = await collect_until_error(client, server)
+        assert events == [TextDelta("x")]
+        assert type(exc) is StreamError
+
+
 async def test_error_string_mid_stream(serve, client):
     server = await serve(streaming({"error": "model crashed"}))
     _, exc = await collect_until_error(client, server)

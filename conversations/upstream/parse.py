@@ -31,7 +31,13 @@ __all__ = ["StreamParser"]
 
 
 class StreamParser:
-    """Bytes in, events out, for one response."""
+    """Bytes in, events out, for one response.
+
+    A chunk goes SSE event -> JSON object -> first choice -> delta, each step a
+    plain call adding to one list per SSE event. ``feed`` and ``close`` yield
+    those events one SSE event at a time, so the events of the SSE events read
+    before a bad one arrive before its StreamError.
+    """
 
     def __init__(self, api_key: str = ""):
         self._api_key = api_key  # redacted from the data quoted in errors
@@ -51,25 +57,29 @@ class StreamParser:
             yield from self._sse_events(self._sse.flush())
             yield from self._tags.flush()
 
-    def whole(self, body: bytes) -> Iterator[Event]:
+    def whole(self, body: bytes) -> list[Event]:
         """A complete (non-streamed) chat.completion object."""
-        yield from self._data_events(body.decode("utf-8", "replace"))
-        yield from self._tags.flush()
+        events: list[Event] = []
+        self._data_events(body.decode("utf-8", "replace"), events)
+        events += self._tags.flush()
         self.done = True
+        return events
 
-    def _sse_events(self, events: list[ServerSentEvent]) -> Iterator[Event]:
-        for sse in events:
+    def _sse_events(self, sse_events: list[ServerSentEvent]) -> Iterator[Event]:
+        for sse in sse_events:
             if self.done:
                 return
             # The event name is not looked at: servers send "message", "completion.chunk"
             # or none. Empty data (a bare "data:") carries nothing.
             if sse.data:
-                yield from self._data_events(sse.data)
+                events: list[Event] = []
+                self._data_events(sse.data, events)
+                yield from events
 
-    def _data_events(self, data: str) -> Iterator[Event]:
+    def _data_events(self, data: str, events: list[Event]) -> None:
         if data.strip() == "[DONE]":
             self.done = True
-            yield from self._tags.flush()
+            events += self._tags.flush()
             return
         try:
             obj = json.loads(data)
@@ -91,7 +101,7 @@ class StreamParser:
         for position, choice in enumerate(choices if isinstance(choices, list) else []):
             # Only the first choice: with n>1 the others are alternatives we don't show.
             if isinstance(choice, dict) and _index(choice, position) == 0:
-                yield from self._choice_events(choice)
+                self._choice_events(choice, events)
         # The usage chunk has empty choices; Azure's prompt_filter_results chunk has
         # neither choices nor usage; vLLM can repeat usage on every chunk; older
         # Groq puts it in x_groq on the last chunk.
@@ -100,40 +110,54 @@ class StreamParser:
             groq = obj.get("x_groq")
             usage = groq.get("usage") if isinstance(groq, dict) else None
         if isinstance(usage, dict):
-            yield _usage(usage)
+            events.append(_usage(usage))
 
-    def _choice_events(self, choice: dict) -> Iterator[Event]:
+    def _choice_events(self, choice: dict, events: list[Event]) -> None:
         # "delta" in a stream chunk, "message" in a whole completion.
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             delta = choice.get("message")
         if not isinstance(delta, dict):
             delta = {}
-        reasoning = _reasoning(delta)
-        if reasoning:
-            yield ReasoningDelta(reasoning)
         content = delta.get("content")
-        if isinstance(content, str) and content:
-            yield from self._tags.feed(content)
-        elif isinstance(content, list):  # Mistral's content parts
-            yield from _content_parts(content)
-        refusal = delta.get("refusal")
-        if isinstance(refusal, str) and refusal:
-            yield RefusalDelta(refusal)
-        tool_calls = delta.get("tool_calls")
-        for position, call in enumerate(tool_calls if isinstance(tool_calls, list) else []):
-            if isinstance(call, dict):
-                # Older Ollama/vLLM send whole calls without an index: use the position.
-                yield _tool_call_delta(_index(call, position), call.get("id"), call.get("function"))
-        function_call = delta.get("function_call")  # the pre-tools API: always one call
-        if isinstance(function_call, dict):
-            yield _tool_call_delta(0, None, function_call)
+        if isinstance(content, str) and delta.keys() <= _TEXT_ONLY:
+            # Nearly every chunk: text only, no other field to look for.
+            if content:
+                events += self._tags.feed(content)
+        else:
+            self._delta_events(delta, events)
         reason = choice.get("finish_reason")
         if reason:
             self.finished = True
             # The content is complete: nothing held back can become a tag any more.
-            yield from self._tags.flush()
-            yield Finish(str(reason))
+            events += self._tags.flush()
+            events.append(Finish(str(reason)))
+
+    def _delta_events(self, delta: dict, events: list[Event]) -> None:
+        reasoning = _reasoning(delta)
+        if reasoning:
+            events.append(ReasoningDelta(reasoning))
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            events += self._tags.feed(content)
+        elif isinstance(content, list):  # Mistral's content parts
+            events += _content_parts(content)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            events.append(RefusalDelta(refusal))
+        tool_calls = delta.get("tool_calls")
+        for position, call in enumerate(tool_calls if isinstance(tool_calls, list) else []):
+            if isinstance(call, dict):
+                # Older Ollama/vLLM send whole calls without an index: use the position.
+                index = _index(call, position)
+                events.append(_tool_call_delta(index, call.get("id"), call.get("function")))
+        function_call = delta.get("function_call")  # the pre-tools API: always one call
+        if isinstance(function_call, dict):
+            events.append(_tool_call_delta(0, None, function_call))
+
+
+# The keys of a delta whose string content is all it carries (the first also names the role).
+_TEXT_ONLY = frozenset({"content", "role"})
 
 
 def _reasoning(delta: dict) -> str:

@@ -42,6 +42,17 @@ class SSEDecoder:
             self._cr = False
             if chunk[0] == 0x0A:
                 chunk = chunk[1:]
+        if (
+            chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n\n")
+            and b"\r" not in chunk
+            and not (self._tail or self._data or self._event)
+        ):
+            # Nearly every chunk: one whole event of one data line.
+            self._start = False
+            data = chunk[6:-2].decode("utf-8", "replace")
+            return [ServerSentEvent(data, "message", self.last_event_id)]
         if b"\n" not in chunk and b"\r" not in chunk:
             if chunk:
                 self._tail.append(chunk)  # joined once the line ends: linear however it trickles

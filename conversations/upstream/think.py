@@ -62,6 +62,11 @@ class ThinkTags:
 
     def feed(self, text: str) -> list[Event]:
         """The events ``text`` completes."""
+        tagless = self._state == _ANSWER or (self._state == _TEXT and "<" not in text)
+        if tagless and text and not (self._held or self._strip):
+            # Nearly every piece: answer text in which no tag can start, as it is.
+            self._text_sent = True
+            return [TextDelta(text)]
         events: list[Event] = []
         rest, self._held = self._held + text, ""
         while rest:
