@@ -52,7 +52,6 @@ class Runtime:
         self._models: dict[str, tuple[float, list[str]]] = {}  # base URL -> (at, names)
         # The admin's endpoints (enabled ones), read every CHAT_ENDPOINTS_TTL seconds.
         self._endpoints: tuple[float, dict[int, Server]] | None = None
-        self.endpoint_errors: dict[int, str] = {}  # endpoint id -> why it cannot be used
         self.without_stream_options: set[str] = set()  # base URLs that refuse it
         self._demo: demo.ServerThread | None = None
         # The MCP servers' sessions belong to the event loop that opened them.
@@ -272,7 +271,7 @@ class Runtime:
         kept = self._kept_endpoints()
         if kept is not None:
             return kept
-        servers, errors = {}, {}
+        servers = {}
         try:
             rows = list(Endpoint.objects.filter(enabled=True))
         except DatabaseError:  # not migrated yet
@@ -280,10 +279,8 @@ class Runtime:
         for row in rows:
             try:
                 servers[row.pk] = row.server()
-            except KeyUnreadable as error:
-                errors[row.pk] = str(error)
+            except KeyUnreadable as error:  # the admin's endpoint page says so too
                 log.error("endpoint %r cannot be used: %s", row.name, error)
-        self.endpoint_errors = errors
         self._endpoints = (time.monotonic(), servers)
         return servers
 

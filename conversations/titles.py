@@ -78,8 +78,10 @@ async def write_title(
     the title of a conversation whose first reply is ``reply_id``; the title stored and
     shown, or None (the first words stay)."""
     request = await database_sync_to_async(_prepare)(conversation_id, reply_id)
+    if request is None:
+        return None
     server = await runtime.server(endpoint_id)
-    if request is None or server is None:
+    if server is None:  # its endpoint is no longer offered
         return None
     try:
         answer = await upstream.complete_chat(

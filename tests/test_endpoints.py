@@ -56,6 +56,29 @@ def two_servers(settings):
     runtime.endpoints_changed()
 
 
+@pytest.fixture
+def lone_endpoint(settings):
+    """Start an upstream for ``handler`` behind an endpoint (no default server), and a
+    conversation of ``user`` on its ``model``: (the upstream, the conversation)."""
+    servers = []
+    settings.OPENAI_BASE_URL, settings.CHAT_GENERATE_TITLES = "", False
+    runtime.endpoints_changed()
+
+    async def start(handler, user, model, **fields):
+        server = ServerThread(handler).start()
+        servers.append(server)
+        endpoint = await Endpoint.objects.acreate(base_url=server.base_url, **fields)
+        conversation = await Conversation.objects.acreate(
+            owner=user, model=choice(endpoint.pk, model)
+        )
+        return server, conversation
+
+    yield start
+    for server in servers:
+        server.stop()
+    runtime.endpoints_changed()
+
+
 def make_endpoint(base_url, **fields) -> Endpoint:
     endpoint = Endpoint(name=fields.pop("name", "Other"), base_url=base_url, **fields)
     endpoint.api_key = fields.pop("api_key", KEY)
@@ -219,31 +242,24 @@ async def test_the_chosen_endpoints_model_writes_the_reply_with_its_key(
     await socket.disconnect()
 
 
-async def test_an_endpoints_options_shape_its_requests(settings, user, connect):
-    server = ServerThread(reasoning_stream(["Think."], ["Answer."])).start()
-    settings.OPENAI_BASE_URL, settings.CHAT_GENERATE_TITLES = "", False
-    runtime.endpoints_changed()
-    try:
-        endpoint = await Endpoint.objects.acreate(
-            name="Reasoner", base_url=server.base_url, stream_options=False, send_reasoning=True
-        )
-        conversation = await Conversation.objects.acreate(
-            owner=user, model=choice(endpoint.pk, "r1")
-        )
-        socket = await connect(conversation, user)
-        for content in ("One", "Two"):
-            await send(socket, action="send", content=content)
-            await receive_until(socket, ends_reply)
-        first, second = requests_of(server.server)
-        assert "stream_options" not in first and "stream_options" not in second
-        assistant = [m for m in second["messages"] if m["role"] == "assistant"]
-        assert assistant == [
-            {"role": "assistant", "content": "Answer.", "reasoning_content": "Think."}
-        ]
-        await socket.disconnect()
-    finally:
-        server.stop()
-        runtime.endpoints_changed()
+async def test_an_endpoints_options_shape_its_requests(lone_endpoint, user, connect):
+    server, conversation = await lone_endpoint(
+        reasoning_stream(["Think."], ["Answer."]),
+        user,
+        "r1",
+        name="Reasoner",
+        stream_options=False,
+        send_reasoning=True,
+    )
+    socket = await connect(conversation, user)
+    for content in ("One", "Two"):
+        await send(socket, action="send", content=content)
+        await receive_until(socket, ends_reply)
+    first, second = requests_of(server.server)
+    assert "stream_options" not in first and "stream_options" not in second
+    assistant = [m for m in second["messages"] if m["role"] == "assistant"]
+    assert assistant == [{"role": "assistant", "content": "Answer.", "reasoning_content": "Think."}]
+    await socket.disconnect()
 
 
 async def test_a_model_whose_endpoint_is_gone_is_refused_and_stores_nothing(
@@ -278,30 +294,20 @@ async def test_a_model_whose_endpoint_is_gone_is_refused_and_stores_nothing(
     await socket.disconnect()
 
 
-async def test_an_upstream_error_never_shows_or_logs_the_key(settings, user, connect, caplog):
+async def test_an_upstream_error_never_shows_or_logs_the_key(lone_endpoint, user, connect, caplog):
     async def echo_key(exchange: Exchange) -> None:
         said = exchange.headers.get("Authorization") or exchange.headers.get("authorization")
         await exchange.respond_json(401, {"error": {"message": f"Invalid key {said}"}})
 
-    server = ServerThread(echo_key).start()
-    settings.OPENAI_BASE_URL, settings.CHAT_GENERATE_TITLES = "", False
-    runtime.endpoints_changed()
-    try:
-        endpoint = await Endpoint.objects.acreate(
-            name="Strict", base_url=server.base_url, api_key_encrypted=endpoints.encrypt(KEY)
-        )
-        conversation = await Conversation.objects.acreate(
-            owner=user, model=choice(endpoint.pk, "m")
-        )
-        socket = await connect(conversation, user)
-        with caplog.at_level(logging.DEBUG):
-            await send(socket, action="send", content="Hello")
-            frames = await receive_until(socket, ends_reply)
-        reply = (await messages_of(conversation))[-1]
-        assert reply.status == Message.Status.FAILED and reply.error
-        assert KEY not in reply.error and KEY not in "".join(frames)
-        assert KEY not in caplog.text
-        await socket.disconnect()
-    finally:
-        server.stop()
-        runtime.endpoints_changed()
+    _, conversation = await lone_endpoint(
+        echo_key, user, "m", name="Strict", api_key_encrypted=endpoints.encrypt(KEY)
+    )
+    socket = await connect(conversation, user)
+    with caplog.at_level(logging.DEBUG):
+        await send(socket, action="send", content="Hello")
+        frames = await receive_until(socket, ends_reply)
+    reply = (await messages_of(conversation))[-1]
+    assert reply.status == Message.Status.FAILED and reply.error
+    assert KEY not in reply.error and KEY not in "".join(frames)
+    assert KEY not in caplog.text
+    await socket.disconnect()

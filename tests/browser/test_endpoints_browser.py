@@ -3,18 +3,14 @@ conversation picks its model from the picker, grouped by server, at desktop and 
 widths. Each upstream writes back which server it is, the model and whether the key came.
 """
 
-import contextlib
-from pathlib import Path
-
 import pytest
-from live import LiveSite, log_in
+from live import LiveSite
+from test_settings_browser import SCREENSHOTS, WIDTHS, logged_in
 
 from conversations.demo import Exchange, ServerThread, chunk
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "screenshots"
-WIDTHS = {"desktop": {"width": 1100, "height": 800}, "phone": {"width": 360, "height": 740}}
 KEY = "sk-browser-endpoint-key-42"
 
 
@@ -51,18 +47,6 @@ def two_server_site(tmp_path_factory):
     site.stop()
     default.stop()
     other.stop()
-
-
-@contextlib.contextmanager
-def logged_in(browser, site, width):
-    context = browser.new_context(base_url=site.url, viewport=WIDTHS[width])
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    try:
-        log_in(page, site)
-        yield page
-    finally:
-        context.close()
 
 
 def add_endpoint(page, base_url):
