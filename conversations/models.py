@@ -168,10 +168,8 @@ class Conversation(models.Model):
         """Store a new conversation with its first message and the reply's row, together:
         a message that is refused stores nothing."""
         content = checked_content(content)
-        with transaction.atomic():
-            conversation = cls.drafted(owner, draft)
-            conversation.save()
-            return conversation.send(content, default_model)
+        conversation = cls.drafted(owner, draft)
+        return conversation.send(content, default_model)
 
     @property
     def display_title(self) -> str:
@@ -266,14 +264,16 @@ class Conversation(models.Model):
         """
         content = checked_content(content)
         now = timezone.now()
+        new = self._state.adding  # a conversation not stored yet (``start``)
         try:
             with transaction.atomic():
-                self.refresh_from_db()
+                if new:
+                    branch = []
+                else:
+                    self.refresh_from_db()
+                    branch = self.branch()
                 self.admit_reply()
-                branch = self.branch()
-                sent = self._new_message(content, branch[-1] if branch else None, now)
                 model = self.model or default_model
-                reply = self._new_reply(model, sent, now)
                 self.updated_at = now
                 fields = ["updated_at"]
                 retitled = not self.title  # the first message names the conversation
@@ -283,7 +283,12 @@ class Conversation(models.Model):
                 if not self.model:
                     self.model = model
                     fields.append("model")
-                self.save(update_fields=fields)
+                if new:
+                    self.save(force_insert=True)  # stored with its title, model and time
+                sent = self._new_message(content, branch[-1] if branch else None, now)
+                reply = self._new_reply(model, sent, now)
+                if not new:
+                    self.save(update_fields=fields)
                 prompt = self.prompt([*branch, sent], reasoning=reply.sends_reasoning)
         except IntegrityError as error:
             raise ReplyInProgress from error
@@ -1012,11 +1017,12 @@ class UpstreamRequest(models.Model):
         """0 when ``user_id`` may make another request now, else the seconds to wait."""
         now, window = timezone.now(), timedelta(minutes=1)
         most = settings.CHAT_MESSAGES_PER_MINUTE
-        recent = cls.objects.filter(user_id=user_id, at__gt=now - window)
-        times = list(recent.order_by("-at").values_list("at", flat=True)[:most])
-        if len(times) < most:
+        recent = cls.objects.filter(user_id=user_id, at__gt=now - window).order_by("-at")
+        # The most-th newest request of the last minute, if there is one: one row read.
+        oldest = recent.values_list("at", flat=True)[most - 1 : most].first()
+        if oldest is None:
             return 0
-        return max(1, math.ceil((times[-1] + window - now).total_seconds()))
+        return max(1, math.ceil((oldest + window - now).total_seconds()))
 
 
 class AdminAccessRecordQuerySet(models.QuerySet):
