@@ -59,6 +59,10 @@ from .runtime import TokenBucket, runtime
 log = logging.getLogger(__name__)
 
 
+class LoggedOut(Exception):
+    """The socket's session no longer logs its user in (read afresh)."""
+
+
 class FrameRefused(Exception):
     """A frame that cannot be read; its text is shown to the user."""
 
@@ -180,7 +184,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             else:
                 await self.after_sync()  # the page's actions keep their order
                 async with runtime.turn(self.user.pk):
-                    if await self.still_logged_in():
+                    # Actions that start a reply check the session in their own trip to
+                    # the database thread (``start``): one trip from a frame to the request.
+                    if handler in self.STARTS_REPLIES or await self.still_logged_in():
                         await handler(self, content)
         except Exception:
             await self.failed(action)
@@ -199,12 +205,25 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def still_logged_in(self) -> bool:
         """Whether the socket's session still logs its user in, read afresh; else it closes."""
-        if await session_belongs_to(self.session_key, self.user):
+        if await database_sync_to_async(self.logged_in)():
             return True
+        await self.logged_out()
+        return False
+
+    async def logged_out(self) -> None:
         # Logged out (or the password changed) elsewhere: this socket's rights end too.
         await self.notify("You have been logged out. Reload the page to log in again.")
         await self.close(code=CLOSE_LOGGED_OUT)
-        return False
+
+    def logged_in(self, session=None) -> bool:
+        """(Database thread.) Whether the socket's session, read afresh from its store (or
+        ``session``, just read), still logs in the socket's user."""
+        if not self.session_key:
+            return False
+        if session is None:
+            session = import_module(settings.SESSION_ENGINE).SessionStore(self.session_key)
+        current = auth.get_user(SimpleNamespace(session=session))
+        return current.is_authenticated and current.pk == self.user.pk
 
     async def send_message(self, data):
         if self.conversation is None:
@@ -219,12 +238,15 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         default_model = await runtime.default_model()
         try:
             started = await database_sync_to_async(self.stored_conversation)(content, default_model)
+        except LoggedOut:
+            await self.logged_out()
+            return
         except ActionRefused as refusal:
             await self.notify(str(refusal), refused="send")
             return
         await self.join(started.reply.conversation)
-        # The request leaves first; the reply's frames reach this socket after this one
-        # (its group's events wait for this handler to return).
+        # The request leaves first, then the turn's elements; the reply's frames reach this
+        # socket once this handler returns (its group's events wait for it).
         await replies.start_reply(started)
         groups = await runtime.model_groups()
         form = ConversationSettingsForm(instance=self.conversation, groups=groups)
@@ -234,7 +256,10 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     def stored_conversation(self, content, default_model: str):
         # The settings chosen on the page wait in the session, read afresh: the socket's
         # copy was loaded when it opened, before the Settings form may have saved them.
+        # The same read checks that the session still logs the user in.
         session = import_module(settings.SESSION_ENGINE).SessionStore(self.session_key)
+        if not self.logged_in(session):
+            raise LoggedOut
         started = Conversation.start(
             self.user, session.get(Conversation.DRAFT), content, default_model
         )
@@ -268,13 +293,22 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_send(self.group, event.as_message())
 
     async def start(self, action, *args, refused: str = ""):
-        """Store the reply's row by ``action`` (a Conversation method), then start writing it."""
+        """Store the reply's row by ``action`` (a Conversation method), then start writing it.
+        The session is checked in the same trip to the database thread."""
         try:
-            started = await database_sync_to_async(action)(*args)
+            started = await database_sync_to_async(self.logged_in_then)(action, *args)
+        except LoggedOut:
+            await self.logged_out()
+            return
         except ActionRefused as refusal:
             await self.notify(str(refusal), refused=refused)
             return
         await replies.start_reply(started)
+
+    def logged_in_then(self, action, *args):
+        if not self.logged_in():
+            raise LoggedOut
+        return action(*args)
 
     async def stop_reply(self, data):
         if await self.end_orphans():
@@ -359,6 +393,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         "switch": switch_version,
         "decide": decide_tool_call,
     }
+    STARTS_REPLIES = {send_message, continue_reply, regenerate_reply, edit_message}
 
     async def request_snapshot(self, message_id: int):
         self.offsets.pop(message_id, None)
@@ -452,16 +487,6 @@ def ids_in(value) -> list[int]:
 
 
 # --- reads, in small named helpers ---------------------------------------------------------
-
-
-@database_sync_to_async
-def session_belongs_to(session_key: str | None, user) -> bool:
-    """Whether the socket's session still logs in ``user`` (read afresh from the store)."""
-    if not session_key:
-        return False
-    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    current = auth.get_user(SimpleNamespace(session=store))
-    return current.is_authenticated and current.pk == user.pk
 
 
 @database_sync_to_async
