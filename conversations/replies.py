@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
@@ -58,10 +59,17 @@ log = logging.getLogger(__name__)
 
 
 async def start_reply(started: StartedReply) -> "ReplyStream":
-    """Show a reply that was just stored as streaming on every socket, and start writing it."""
+    """Start writing a reply that was just stored as streaming, and show it on every socket
+    (its request leaves first)."""
     reply = ReplyStream(started.reply, started.prompt, started.tools, started.parameters)
-    await reply.start(started_html(started))
+    await reply.start(lambda: started_html(started))
     return reply
+
+
+# How many turns of the event loop a reply's request gets to leave in before the turn's
+# elements are rendered: enough for a request on a kept connection to be written, few
+# enough that one waiting for a connection or a tool list does not hold the page back.
+REQUEST_TURNS = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,39 +221,61 @@ class ReplyStream:
         self.task: asyncio.Task | None = None
         self._stopped: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
         self._control = ""  # this reply's channel in the conversation's reply group
+        self._departed = asyncio.Event()  # its request is written, or waits for a connection
         self.tools = ToolRunner(self, tools or ToolPolicy())
 
-    async def start(self, html: str) -> None:
-        """Join the reply group first, so that a stop sent right away is heard."""
+    async def start(self, html: Callable[[], str]) -> None:
+        """Join the reply group first, so that a stop sent right away is heard; then the
+        task starts, which sends the request and then shows ``html()`` on every socket.
+        Returns once the request has left (or had its turns to), so that what the caller
+        does next does not hold it back."""
         self._control = await self.layer.new_channel()
         await self.layer.group_add(reply_group(self.message.conversation_id), self._control)
-        started = ReplyStarted(self.message.pk, len(self.reply.text), html)
-        await self.layer.group_send(
-            sockets_group(self.message.conversation_id), started.as_message()
-        )
         runtime.add(self)
-        self.task = asyncio.create_task(self._run(), name=f"reply-{self.message.pk}")
+        self.task = asyncio.create_task(self._run(html), name=f"reply-{self.message.pk}")
+        await self._departure(self.task)
 
     def stop(self, status: str = Message.Status.STOPPED, error: str = "") -> None:
         """End the reply now with this status: the upstream request is closed, the text kept."""
         if not self._stopped.done():
             self._stopped.set_result(Ending(status, error))
 
-    async def _run(self) -> None:
+    async def _run(self, html: Callable[[], str]) -> None:
         listening = asyncio.create_task(self._listen())
-        self.publisher.start()
+        reading = asyncio.create_task(self._read())
         try:
-            ending = await self._read_until_stopped()
+            await self._show(html, reading)
+            ending = await self._read_until_stopped(reading)
         except asyncio.CancelledError:
             # This task itself was cancelled (the loop is going away): keep what arrived.
+            reading.cancel()
             await asyncio.shield(self._end(Ending(Message.Status.INTERRUPTED, SHUTDOWN_ERROR)))
             raise
         finally:
             listening.cancel()
         await self._end(ending)
 
-    async def _read_until_stopped(self) -> Ending:
-        reading = asyncio.create_task(self._read())
+    async def _show(self, html: Callable[[], str], reading: asyncio.Task) -> None:
+        """The turn's elements on every socket, once the request has had its turns to leave;
+        the publisher's frames follow them."""
+        try:
+            await self._departure(reading)
+            started = ReplyStarted(self.message.pk, len(self.reply.text), html())
+            await self.layer.group_send(
+                sockets_group(self.message.conversation_id), started.as_message()
+            )
+        finally:
+            self.publisher.start()
+
+    async def _departure(self, task: asyncio.Task) -> None:
+        """Until the request has left, or waits for the network (or ``task`` ended), for
+        REQUEST_TURNS turns of the loop at most."""
+        for _ in range(REQUEST_TURNS):
+            if self._departed.is_set() or task.done():
+                return
+            await asyncio.sleep(0)
+
+    async def _read_until_stopped(self, reading: asyncio.Task) -> Ending:
         try:
             await asyncio.wait([reading, self._stopped], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -340,6 +370,7 @@ class ReplyStream:
                     idle_timeout=settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
                     include_usage=include_usage,
                     extra=extra,
+                    departed=self._departed.set,
                 )
                 async with contextlib.aclosing(events):
                     async for event in events:
@@ -448,7 +479,8 @@ class Publisher:
         self._closing = asyncio.Event()
         self._sync_requests: list[str] = []
         self._last_flush = float("-inf")
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None  # from start(): after the turn is shown
+        self._started = asyncio.Event()
         self._render_from_start()
 
     def _render_from_start(self) -> None:
@@ -466,6 +498,8 @@ class Publisher:
         return self.sent_reasoning + self.sent_text
 
     def start(self) -> None:
+        """The turn is on the pages: frames may follow."""
+        self._started.set()
         self._task = asyncio.create_task(self._run(), name=f"publish-{self.message.pk}")
 
     def wake(self) -> None:
@@ -477,6 +511,7 @@ class Publisher:
         self._wake.set()
 
     async def status(self, notice: str) -> None:
+        await self._started.wait()  # after the element it goes in
         self.notice = notice
         event = ReplyStatus(self.message.pk, footer_html(self.message, notice=notice))
         await self.layer.group_send(self.group, event.as_message())

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
 from .errors import StreamInterrupted, UpstreamError, host, shorten, status_error, transport_error
 from .events import Event, TextDelta, TextWasReasoning
 from .parse import StreamParser
+from .transport import AiohttpTransport
 
 __all__ = ["complete_chat", "list_models", "new_client", "stream_chat"]
 
@@ -29,13 +30,13 @@ MAX_COMPLETION_BODY = 4 * 1024 * 1024  # a whole completion larger than this is 
 
 
 def new_client() -> httpx.AsyncClient:
-    """An AsyncClient set up for upstreams; its pool belongs to the loop it first runs on."""
+    """An AsyncClient set up for upstreams, reading through aiohttp (``transport.py``); its
+    pool belongs to the loop it first runs on."""
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
     return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        transport=AiohttpTransport(limits),
         timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
         follow_redirects=False,
-        http1=True,
-        http2=False,
     )
 
 
@@ -49,6 +50,7 @@ async def stream_chat(
     idle_timeout: float = 60.0,
     extra: dict | None = None,
     include_usage: bool = True,
+    departed: Callable[[], object] | None = None,
 ) -> AsyncIterator[Event]:
     """Stream one chat completion as events; raise an UpstreamError if it fails.
 
@@ -57,7 +59,8 @@ async def stream_chat(
     the stream ends before that. Closing the generator early closes the HTTP
     connection, which is how the upstream learns to stop generating.
     ``include_usage=False`` leaves ``stream_options`` out, for servers that
-    answer it with HTTP 400 (see ``UpstreamError.names``).
+    answer it with HTTP 400 (see ``UpstreamError.names``). ``departed()`` is called once
+    the request is written, or has to wait for a new connection.
     """
     url = _endpoint(base_url, "chat/completions")
     payload: dict = {"model": model, "messages": messages, "stream": True}
@@ -75,6 +78,7 @@ async def stream_chat(
             json=payload,
             headers=_headers(api_key, accept="text/event-stream"),
             timeout=timeout,
+            extensions={"trace": _departure_trace(departed)} if departed else None,
         ) as response:
             await _raise_for_status(response, model=model, api_key=api_key)
             media_type = _media_type(response)
@@ -109,6 +113,18 @@ async def stream_chat(
             f"The stream from {host(url)} ended before the reply finished "
             "(no finish_reason arrived)."
         )
+
+
+# httpcore's trace events after which a request has left, or waits for the network.
+DEPARTURES = {"http11.send_request_body.complete", "connection.connect_tcp.started"}
+
+
+def _departure_trace(departed: Callable[[], object]):
+    async def trace(name: str, info: dict) -> None:
+        if name in DEPARTURES:
+            departed()
+
+    return trace
 
 
 async def complete_chat(

@@ -188,7 +188,9 @@ def _connect_reason(exc: BaseException) -> str:
         if isinstance(err, socket.gaierror):
             return f"could not resolve the host name ({err.strerror or err})"
         if isinstance(err, ssl.SSLError):
-            return f"TLS handshake failed ({err.reason or err})"
+            # aiohttp's ClientSSLError is an SSLError too, without a reason: its cause has it.
+            reasons = [getattr(e, "reason", None) for e in chain if isinstance(e, ssl.SSLError)]
+            return f"TLS handshake failed ({next((r for r in reasons if r), None) or err})"
     return str(exc) or "connection failed"
 
 
