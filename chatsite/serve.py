@@ -1,10 +1,13 @@
-"""Daphne, on uvloop's event loop when uvloop is installed and CHAT_UVLOOP is 1.
+"""Daphne, on uvloop's event loop when uvloop is installed (unless CHAT_UVLOOP is 0).
 
     .venv/bin/python -m chatsite.serve -b 127.0.0.1 -p 8000 chatsite.asgi:application
 
 Takes Daphne's own arguments. Daphne builds Twisted's asyncio reactor on
 ``asyncio.new_event_loop()`` when its server module is imported, so the event loop
-policy set here, before that import, decides the loop every request runs on.
+policy set here, before that import, decides the loop every request runs on. uvloop
+reads and writes sockets with less CPU than asyncio's own loop (bench/README.md); bin/run
+starts the site through this module. ``daphne chatsite.asgi:application`` still works,
+on asyncio's loop.
 """
 
 import asyncio
@@ -13,8 +16,8 @@ import sys
 
 
 def use_uvloop() -> bool:
-    """uvloop's policy, if CHAT_UVLOOP asks for it and uvloop is installed."""
-    if os.environ.get("CHAT_UVLOOP", "0") != "1":
+    """uvloop's policy, if uvloop is installed and CHAT_UVLOOP does not say 0."""
+    if os.environ.get("CHAT_UVLOOP", "1") == "0":
         return False
     try:
         import uvloop
