@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from django.db.backends.utils import CursorWrapper
 from scripted_upstream import (
     cut_stream,
@@ -102,6 +102,45 @@ class QueryCounter:
             return original(cursor, *args, **kwargs)
 
         monkeypatch.setattr(CursorWrapper, "_execute", counting)
+
+
+class TripCounter:
+    """Counts trips to the database thread (calls made through database_sync_to_async)."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        original = DatabaseSyncToAsync.thread_handler
+
+        def counting(handler, *args, **kwargs):
+            self.count += 1
+            return original(handler, *args, **kwargs)
+
+        monkeypatch.setattr(DatabaseSyncToAsync, "thread_handler", counting)
+
+
+async def test_a_message_reaches_the_upstream_after_one_trip_to_the_database(
+    start_upstream, conversation, user, connect, monkeypatch
+):
+    statements, trips, at_request = QueryCounter(monkeypatch), TripCounter(monkeypatch), []
+    stream = text_stream(["counted"])
+
+    async def noting(exchange):
+        at_request.append((trips.count, statements.count))
+        await stream(exchange)
+
+    await start_upstream(noting)
+    socket = await connect(conversation, user)
+    trips.count = statements.count = 0
+    await send(socket, action="send", content="count")
+    frames = await receive_until(socket, ends_reply)
+    await socket.disconnect()
+
+    print(f"from send to the upstream request: {at_request}")
+    # The session check, the rows and the prompt, in one trip; nothing else first.
+    assert len(at_request) == 1
+    assert at_request[0][0] == 1
+    assert at_request[0][1] <= 13
+    assert "counted" in text_of(frames)
 
 
 async def run_reply(start_upstream, conversation, user, connect, pieces, counter) -> list[str]:
