@@ -10,8 +10,9 @@ time: the machine is shared) divided by the content chunks it received. ``parse 
 feeds the same bytes straight to ``StreamParser``, one chunk at a time, without HTTP.
 
 Variants: the code of this tree, and with ``--before REV`` the code of that commit
-(``git archive``, read only); the default transport (httpcore) or ``--aiohttp``
-(httpx-aiohttp's transport); the default event loop or ``--uvloop``.
+(``git archive``, read only); the site's client (``upstream.new_client()``: aiohttp
+under httpx since 6fa1a91, httpcore before), ``--httpcore`` (httpx's own transport) or
+``--aiohttp`` (httpx-aiohttp's transport); asyncio's event loop or ``--uvloop``.
 """
 
 from __future__ import annotations
@@ -153,11 +154,13 @@ def new_client(transport: str):
 
     from conversations import upstream
 
-    if transport == "httpcore":
+    if transport == "site":
         return upstream.new_client()
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    if transport == "httpcore":
+        return httpx.AsyncClient(limits=limits, follow_redirects=False)
     from httpx_aiohttp import AiohttpTransport
 
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
     return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), follow_redirects=False)
 
 
@@ -218,7 +221,8 @@ def client_main(args) -> None:
     if args.parse_only:
         result = parse_only(args.chunks, args.parse_total)
     else:
-        run = read_replies(args.url, args.streams, "aiohttp" if args.aiohttp else "httpcore")
+        transport = "httpx-aiohttp" if args.aiohttp else "httpcore" if args.httpcore else "site"
+        run = read_replies(args.url, args.streams, transport)
         if args.uvloop:
             import uvloop
 
@@ -239,14 +243,16 @@ def variants(args, before: str | None) -> list[tuple[str, list[str]]]:
     here = ["--source", str(ROOT)]
     rows = []
     if before:
-        rows.append((f"{args.before}, httpcore, asyncio", ["--source", before]))
-    rows.append(("this tree, httpcore, asyncio", here))
+        rows.append((f"{args.before}, its client, asyncio", ["--source", before]))
+    rows.append(("this tree, the site's client, asyncio", here))
+    if args.httpcore:
+        rows.append(("this tree, httpcore, asyncio", [*here, "--httpcore"]))
     if args.aiohttp:
         rows.append(("this tree, httpx-aiohttp, asyncio", [*here, "--aiohttp"]))
     if args.uvloop:
-        rows.append(("this tree, httpcore, uvloop", [*here, "--uvloop"]))
-    if args.aiohttp and args.uvloop:
-        rows.append(("this tree, httpx-aiohttp, uvloop", [*here, "--aiohttp", "--uvloop"]))
+        rows.append(("this tree, the site's client, uvloop", [*here, "--uvloop"]))
+    if args.httpcore and args.uvloop:
+        rows.append(("this tree, httpcore, uvloop", [*here, "--httpcore", "--uvloop"]))
     return rows
 
 
@@ -288,7 +294,7 @@ def bench_main(args) -> None:
                         raise RuntimeError(f"{label}: {stream['chunks']} chunks of {expected}")
                     found = figures[label]
                     found.setdefault("stream", []).append(stream)
-                    if "--aiohttp" not in arguments and "--uvloop" not in arguments:
+                    if not {"--aiohttp", "--httpcore", "--uvloop"} & set(arguments):
                         parsed = run_client([*arguments, *common, "--parse-only", parse_total])
                         found.setdefault("parse", []).append(parsed)
                     merged = stream["chunks"] / stream["reads"]
@@ -339,6 +345,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--before", metavar="REV", help="also measure the code of this commit")
     parser.add_argument("--aiohttp", action="store_true", help="also with httpx-aiohttp")
+    parser.add_argument("--httpcore", action="store_true", help="also with httpx's httpcore")
     parser.add_argument("--uvloop", action="store_true", help="also with uvloop")
     parser.add_argument(
         "--smoke", action="store_true", help="10 streams x 200 chunks, once: a quick check"

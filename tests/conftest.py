@@ -16,6 +16,7 @@ from sockets import SITE_ORIGIN, session_cookie, socket_to
 
 from conversations.demo import ChatCompletionsServer
 from conversations.models import Conversation
+from conversations.runtime import runtime
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +34,14 @@ def no_tools_unless_asked(settings):
     sees only the requests a test makes."""
     settings.CHAT_MCP_CONFIG = "off"
     settings.CHAT_GENERATE_TITLES = False
+
+
+@pytest.fixture(autouse=True)
+async def close_the_upstream_client():
+    """The runtime's HTTP client is bound to the loop it was made on: each test's loop
+    closes its own (aiohttp warns about a session left open)."""
+    yield
+    await runtime.close_http()
 
 
 @pytest.fixture(autouse=True)
