@@ -163,7 +163,7 @@ class Site:
         if self.count > 1 and not Path(nginx).exists():
             raise SystemExit("--processes needs nginx (Debian: apt-get install nginx-light)")
         for index, port in enumerate(self.ports):
-            # Daphne as bin/run starts it: on uvloop unless CHAT_UVLOOP=0 (chatsite/serve.py).
+            # Daphne as bin/run starts it (chatsite/serve.py: on uvloop with CHAT_UVLOOP=1).
             args = [PYTHON, "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port)]
             log = self.tmp / ("daphne.log" if index == 0 else f"daphne-{index}.log")
             args.append("chatsite.asgi:application")

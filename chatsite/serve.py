@@ -1,13 +1,13 @@
-"""Daphne, on uvloop's event loop when uvloop is installed (unless CHAT_UVLOOP is 0).
+"""Daphne, on uvloop's event loop when CHAT_UVLOOP is 1 and uvloop is installed.
 
     .venv/bin/python -m chatsite.serve -b 127.0.0.1 -p 8000 chatsite.asgi:application
 
 Takes Daphne's own arguments. Daphne builds Twisted's asyncio reactor on
 ``asyncio.new_event_loop()`` when its server module is imported, so the event loop
-policy set here, before that import, decides the loop every request runs on. uvloop
-reads and writes sockets with less CPU than asyncio's own loop (bench/README.md); bin/run
-starts the site through this module. ``daphne chatsite.asgi:application`` still works,
-on asyncio's loop.
+policy set here, before that import, decides the loop every request runs on. bin/run
+starts the site through this module; ``daphne chatsite.asgi:application`` is the same
+site on asyncio's loop. uvloop is off by default: under the site it saved little CPU and
+made token latency worse at 100 and 200 streams (bench/README.md).
 """
 
 import asyncio
@@ -16,8 +16,8 @@ import sys
 
 
 def use_uvloop() -> bool:
-    """uvloop's policy, if uvloop is installed and CHAT_UVLOOP does not say 0."""
-    if os.environ.get("CHAT_UVLOOP", "1") == "0":
+    """uvloop's policy, if CHAT_UVLOOP asks for it and uvloop is installed."""
+    if os.environ.get("CHAT_UVLOOP", "0") != "1":
         return False
     try:
         import uvloop

@@ -105,7 +105,7 @@ class LiveSite:
             [
                 sys.executable,
                 "-m",
-                "chatsite.serve",  # Daphne as bin/run starts it, on uvloop
+                "chatsite.serve",  # Daphne as bin/run starts it
                 "-b",
                 "127.0.0.1",
                 "-p",
