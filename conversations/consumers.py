@@ -8,6 +8,7 @@ it joined.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 from importlib import import_module
@@ -102,6 +103,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.awaiting_snapshot: set[int] = set()
         self.orphan_check: asyncio.Task | None = None
         self.syncing: asyncio.Task | None = None
+        self.creating: asyncio.Task | None = None  # a new page's created frame, on its way
         self.sync_wanted: dict | None = None
         self.group = None
         if self.conversation is not None:
@@ -115,7 +117,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code):
         runtime.socket_closed(self.channel_name)
-        for task in (getattr(self, "orphan_check", None), getattr(self, "syncing", None)):
+        tasks = [getattr(self, name, None) for name in ("orphan_check", "syncing", "creating")]
+        for task in tasks:
             if task is not None:
                 task.cancel()
         if getattr(self, "group", None):
@@ -245,13 +248,22 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             await self.notify(str(refusal), refused="send")
             return
         await self.join(started.reply.conversation)
-        # The request leaves first, then the turn's elements; the reply's frames reach this
-        # socket once this handler returns (its group's events wait for it).
-        await replies.start_reply(started)
-        groups = await runtime.model_groups()
-        form = ConversationSettingsForm(instance=self.conversation, groups=groups)
-        csrf = self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")
-        await self.send(created_html(self.conversation, form, csrf))
+        reply = await replies.start_reply(started)  # the request leaves, then the turn shows
+        self.creating = asyncio.ensure_future(self.send_created(reply))
+
+    async def send_created(self, reply) -> None:
+        """The page's heading, list link and address, after the reply's first frame (or
+        CREATED_AFTER seconds): a fast first token does not wait for them to render."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reply.publisher.first_sent.wait(), CREATED_AFTER)
+        await asyncio.sleep(0)  # the socket's handler of that frame runs first
+        try:
+            groups = await runtime.model_groups()
+            form = ConversationSettingsForm(instance=self.conversation, groups=groups)
+            csrf = self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")
+            await self.send(created_html(self.conversation, form, csrf))
+        except Exception:  # the reply goes on; the page keeps its /c/new/ address
+            log.exception("the created frame of conversation %s failed", self.conversation.pk)
 
     def stored_conversation(self, content, default_model: str):
         # The settings chosen on the page wait in the session, read afresh: the socket's
@@ -472,6 +484,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
 
 
 MAX_ID = 2**63 - 1  # the database's largest key
+CREATED_AFTER = 0.25  # seconds a new page's created frame waits for the reply's first one
 
 
 def message_id_of(data) -> int | None:
