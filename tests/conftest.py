@@ -37,9 +37,15 @@ def no_tools_unless_asked(settings):
 
 
 @pytest.fixture(autouse=True)
-async def close_the_upstream_client():
-    """The runtime's HTTP client is bound to the loop it was made on: each test's loop
-    closes its own (aiohttp warns about a session left open)."""
+def close_the_upstream_client(request):
+    """The runtime's HTTP client is bound to the loop it was made on: each async test's
+    loop closes its own (aiohttp warns about a session left open)."""
+    if inspect.iscoroutinefunction(getattr(request.node, "function", None)):
+        request.getfixturevalue("upstream_client_closed")
+
+
+@pytest.fixture
+async def upstream_client_closed():
     yield
     await runtime.close_http()
 
