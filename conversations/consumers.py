@@ -104,6 +104,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.orphan_check: asyncio.Task | None = None
         self.syncing: asyncio.Task | None = None
         self.creating: asyncio.Task | None = None  # a new page's created frame, on its way
+        self.reply_forwarded: tuple[int, asyncio.Event] | None = None  # (its reply, sent)
         self.sync_wanted: dict | None = None
         self.group = None
         if self.conversation is not None:
@@ -249,14 +250,17 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.join(started.reply.conversation)
         reply = await replies.start_reply(started)  # the request leaves, then the turn shows
-        self.creating = asyncio.ensure_future(self.send_created(reply))
+        self.reply_forwarded = (reply.message.pk, asyncio.Event())
+        self.creating = asyncio.ensure_future(self.send_created())
 
-    async def send_created(self, reply) -> None:
-        """The page's heading, list link and address, after the reply's first frame (or
-        CREATED_AFTER seconds): a fast first token does not wait for them to render."""
+    async def send_created(self) -> None:
+        """The page's heading, list link and address, once this socket has passed on the
+        reply's first frame (or after CREATED_AFTER seconds): a fast first token does not
+        wait for them to render."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(reply.publisher.first_sent.wait(), CREATED_AFTER)
-        await asyncio.sleep(0)  # the socket's handler of that frame runs first
+            await asyncio.wait_for(self.reply_forwarded[1].wait(), CREATED_AFTER)
+        for _ in range(3):  # Twisted writes that frame to the socket on the loop's next turns
+            await asyncio.sleep(0)
         try:
             groups = await runtime.model_groups()
             form = ConversationSettingsForm(instance=self.conversation, groups=groups)
@@ -455,6 +459,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
             return
         self.offsets[event.message_id] = event.end
         await self.send(event.html)
+        self.forwarded(event.message_id)
 
     async def reply_snapshot(self, event: ReplySnapshot):
         self.awaiting_snapshot.discard(event.message_id)
@@ -471,6 +476,13 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         self.offsets.pop(event.message_id, None)
         self.awaiting_snapshot.discard(event.message_id)
         await self.send(event.html)
+        self.forwarded(event.message_id)
+
+    def forwarded(self, message_id: int) -> None:
+        """A frame of ``message_id`` went to the page: a created frame waiting for it goes."""
+        if self.reply_forwarded is not None and self.reply_forwarded[0] == message_id:
+            self.reply_forwarded[1].set()
+            self.reply_forwarded = None
 
     async def conversation_retitled(self, event):  # events.ConversationRetitled
         await self.send(event.html)

@@ -481,7 +481,6 @@ class Publisher:
         self._last_flush = float("-inf")
         self._task: asyncio.Task | None = None  # from start(): after the turn is shown
         self._started = asyncio.Event()
-        self.first_sent = asyncio.Event()  # the first frame of text or reasoning went out
         self._render_from_start()
 
     def _render_from_start(self) -> None:
@@ -571,7 +570,6 @@ class Publisher:
         if html:
             delta = ReplyDelta(self.message.pk, start, self.sent, html)
             await self.layer.group_send(self.group, delta.as_message())
-            self.first_sent.set()
         while self._sync_requests:
             await self.layer.send(self._sync_requests.pop(0), self.snapshot().as_message())
 

@@ -210,7 +210,7 @@ class Runtime:
     def http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._http is None or self._http[0] is not loop or self._http[1].is_closed:
-            self._http = (loop, upstream.new_client())
+            self._http = (loop, upstream.new_client(settings.CHAT_UPSTREAM_CLIENT))
         return self._http[1]
 
     def base_url(self) -> str:

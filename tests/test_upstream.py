@@ -85,9 +85,10 @@ async def serve():
         await server.close()
 
 
-@pytest.fixture
-async def client():
-    http = upstream.new_client()
+@pytest.fixture(params=["httpcore", "aiohttp"])
+async def client(request):
+    """Every test of the HTTP side runs through both transports the site can use."""
+    http = upstream.new_client(request.param)
     yield http
     await http.aclose()
 

@@ -29,14 +29,17 @@ MAX_ERROR_BODY = 64 * 1024  # an error page is read this far, no further
 MAX_COMPLETION_BODY = 4 * 1024 * 1024  # a whole completion larger than this is refused
 
 
-def new_client() -> httpx.AsyncClient:
-    """An AsyncClient set up for upstreams, reading through aiohttp (``transport.py``); its
-    pool belongs to the loop it first runs on."""
+def new_client(transport: str = "httpcore") -> httpx.AsyncClient:
+    """An AsyncClient set up for upstreams; its pool belongs to the loop it first runs on.
+    ``transport="aiohttp"`` reads through aiohttp (``transport.py``): less CPU per chunk,
+    but single replies showed occasional stalls of 30-110 ms (bench/README.md)."""
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    chosen = {"transport": AiohttpTransport(limits)} if transport == "aiohttp" else {}
     return httpx.AsyncClient(
-        transport=AiohttpTransport(limits),
+        limits=limits,
         timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
         follow_redirects=False,
+        **chosen,
     )
 
 
