@@ -240,25 +240,23 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
         """The first message of a new page: store the conversation with it, make the page
         the conversation's, then start the reply (as ``send`` does)."""
         default_model = await runtime.default_model()
-        try:
-            started = await database_sync_to_async(self.stored_conversation)(content, default_model)
-        except LoggedOut:
-            await self.logged_out()
-            return
-        except ActionRefused as refusal:
-            await self.notify(str(refusal), refused="send")
+        started = await self.stored(
+            self.stored_conversation, content, default_model, refused="send"
+        )
+        if started is None:
             return
         await self.join(started.reply.conversation)
         reply = await replies.start_reply(started)  # the request leaves, then the turn shows
-        self.reply_forwarded = (reply.message.pk, asyncio.Event())
-        self.creating = asyncio.ensure_future(self.send_created())
+        forwarded = asyncio.Event()
+        self.reply_forwarded = (reply.message.pk, forwarded)
+        self.creating = asyncio.ensure_future(self.send_created(forwarded))
 
-    async def send_created(self) -> None:
+    async def send_created(self, forwarded: asyncio.Event) -> None:
         """The page's heading, list link and address, once this socket has passed on the
-        reply's first frame (or after CREATED_AFTER seconds): a fast first token does not
-        wait for them to render."""
+        reply's first frame (``forwarded``; or after CREATED_AFTER seconds): a fast first
+        token does not wait for them to render."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.reply_forwarded[1].wait(), CREATED_AFTER)
+            await asyncio.wait_for(forwarded.wait(), CREATED_AFTER)
         for _ in range(3):  # Twisted writes that frame to the socket on the loop's next turns
             await asyncio.sleep(0)
         try:
@@ -311,15 +309,20 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):
     async def start(self, action, *args, refused: str = ""):
         """Store the reply's row by ``action`` (a Conversation method), then start writing it.
         The session is checked in the same trip to the database thread."""
+        started = await self.stored(self.logged_in_then, action, *args, refused=refused)
+        if started is not None:
+            await replies.start_reply(started)
+
+    async def stored(self, store, *args, refused: str):
+        """``store(*args)`` in the database thread: its StartedReply, or None once the page
+        was told why not (a refusal, or the session logged out)."""
         try:
-            started = await database_sync_to_async(self.logged_in_then)(action, *args)
+            return await database_sync_to_async(store)(*args)
         except LoggedOut:
             await self.logged_out()
-            return
         except ActionRefused as refusal:
             await self.notify(str(refusal), refused=refused)
-            return
-        await replies.start_reply(started)
+        return None
 
     def logged_in_then(self, action, *args):
         if not self.logged_in():

@@ -285,10 +285,10 @@ class Conversation(models.Model):
                     fields.append("model")
                 if new:
                     self.save(force_insert=True)  # stored with its title, model and time
+                else:
+                    self.save(update_fields=fields)
                 sent = self._new_message(content, branch[-1] if branch else None, now)
                 reply = self._new_reply(model, sent, now)
-                if not new:
-                    self.save(update_fields=fields)
                 prompt = self.prompt([*branch, sent], reasoning=reply.sends_reasoning)
         except IntegrityError as error:
             raise ReplyInProgress from error

@@ -226,14 +226,11 @@ class ReplyStream:
 
     async def start(self, html: Callable[[], str]) -> None:
         """Join the reply group first, so that a stop sent right away is heard; then the
-        task starts, which sends the request and then shows ``html()`` on every socket.
-        Returns once the request has left (or had its turns to), so that what the caller
-        does next does not hold it back."""
+        task starts, which sends the request and then shows ``html()`` on every socket."""
         self._control = await self.layer.new_channel()
         await self.layer.group_add(reply_group(self.message.conversation_id), self._control)
         runtime.add(self)
         self.task = asyncio.create_task(self._run(html), name=f"reply-{self.message.pk}")
-        await self._departure(self.task)
 
     def stop(self, status: str = Message.Status.STOPPED, error: str = "") -> None:
         """End the reply now with this status: the upstream request is closed, the text kept."""
@@ -256,24 +253,20 @@ class ReplyStream:
         await self._end(ending)
 
     async def _show(self, html: Callable[[], str], reading: asyncio.Task) -> None:
-        """The turn's elements on every socket, once the request has had its turns to leave;
-        the publisher's frames follow them."""
+        """The turn's elements on every socket, once the request has left, or waits for the
+        network (or ``reading`` ended), or REQUEST_TURNS turns of the loop went by; the
+        publisher's frames follow them."""
         try:
-            await self._departure(reading)
+            for _ in range(REQUEST_TURNS):
+                if self._departed.is_set() or reading.done():
+                    break
+                await asyncio.sleep(0)
             started = ReplyStarted(self.message.pk, len(self.reply.text), html())
             await self.layer.group_send(
                 sockets_group(self.message.conversation_id), started.as_message()
             )
         finally:
             self.publisher.start()
-
-    async def _departure(self, task: asyncio.Task) -> None:
-        """Until the request has left, or waits for the network (or ``task`` ended), for
-        REQUEST_TURNS turns of the loop at most."""
-        for _ in range(REQUEST_TURNS):
-            if self._departed.is_set() or task.done():
-                return
-            await asyncio.sleep(0)
 
     async def _read_until_stopped(self, reading: asyncio.Task) -> Ending:
         try:

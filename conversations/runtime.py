@@ -137,10 +137,6 @@ class Runtime:
             await asyncio.to_thread(thread.join, grace)
         await self._close_sockets()
         await self.close_tool_servers()
-        await self.close_http()
-
-    async def close_http(self) -> None:
-        """Close the HTTP client of upstream requests (a new one is made when needed)."""
         if self._http is not None:
             _, client = self._http
             self._http = None

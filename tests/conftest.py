@@ -16,7 +16,6 @@ from sockets import SITE_ORIGIN, session_cookie, socket_to
 
 from conversations.demo import ChatCompletionsServer
 from conversations.models import Conversation
-from conversations.runtime import runtime
 
 
 @pytest.fixture(autouse=True)
@@ -34,20 +33,6 @@ def no_tools_unless_asked(settings):
     sees only the requests a test makes."""
     settings.CHAT_MCP_CONFIG = "off"
     settings.CHAT_GENERATE_TITLES = False
-
-
-@pytest.fixture(autouse=True)
-def close_the_upstream_client(request):
-    """The runtime's HTTP client is bound to the loop it was made on: each async test's
-    loop closes its own (aiohttp warns about a session left open)."""
-    if inspect.iscoroutinefunction(getattr(request.node, "function", None)):
-        request.getfixturevalue("upstream_client_closed")
-
-
-@pytest.fixture
-async def upstream_client_closed():
-    yield
-    await runtime.close_http()
 
 
 @pytest.fixture(autouse=True)

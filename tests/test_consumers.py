@@ -90,38 +90,38 @@ async def test_history_and_system_prompt_are_sent_upstream(
     await socket.disconnect()
 
 
-class QueryCounter:
+class CallCounter:
+    """Counts the calls of ``owner.name``, from every thread."""
+
+    def __init__(self, monkeypatch, owner, name: str):
+        self.count = 0
+        original = getattr(owner, name)
+
+        def counting(*args, **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counting)
+
+
+def counting_statements(monkeypatch) -> CallCounter:
     """Counts SQL statements from every thread (database_sync_to_async uses a pool)."""
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        original = CursorWrapper._execute
-
-        def counting(cursor, *args, **kwargs):
-            self.count += 1
-            return original(cursor, *args, **kwargs)
-
-        monkeypatch.setattr(CursorWrapper, "_execute", counting)
+    return CallCounter(monkeypatch, CursorWrapper, "_execute")
 
 
-class TripCounter:
+def counting_trips(monkeypatch) -> CallCounter:
     """Counts trips to the database thread (calls made through database_sync_to_async)."""
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        original = DatabaseSyncToAsync.thread_handler
-
-        def counting(handler, *args, **kwargs):
-            self.count += 1
-            return original(handler, *args, **kwargs)
-
-        monkeypatch.setattr(DatabaseSyncToAsync, "thread_handler", counting)
+    return CallCounter(monkeypatch, DatabaseSyncToAsync, "thread_handler")
 
 
 async def test_a_message_reaches_the_upstream_after_one_trip_to_the_database(
     start_upstream, conversation, user, connect, monkeypatch
 ):
-    statements, trips, at_request = QueryCounter(monkeypatch), TripCounter(monkeypatch), []
+    statements, trips, at_request = (
+        counting_statements(monkeypatch),
+        counting_trips(monkeypatch),
+        [],
+    )
     stream = text_stream(["counted"])
 
     async def noting(exchange):
@@ -158,7 +158,7 @@ async def run_reply(start_upstream, conversation, user, connect, pieces, counter
 async def test_database_work_does_not_grow_with_the_reply(
     start_upstream, conversation, user, connect, monkeypatch
 ):
-    counter = QueryCounter(monkeypatch)
+    counter = counting_statements(monkeypatch)
     await run_reply(start_upstream, conversation, user, connect, tokens(5), counter)
     short = counter.counted
     frames = await run_reply(start_upstream, conversation, user, connect, tokens(500), counter)
