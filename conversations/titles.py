@@ -39,6 +39,9 @@ MAX_INPUT_CHARS = 2000  # of the first message, and of the reply, in the request
 MAX_TOKENS = 24
 TIMEOUT = 15.0  # seconds for the whole request
 MAX_TITLE_CHARS = 80  # as the first words
+# A server that streams the title anyway, past max_tokens, is read this far: the title is
+# the answer's first line.
+MAX_ANSWER_CHARS = 4 * MAX_TITLE_CHARS
 
 # The title requests under way: a task only the loop refers to may be garbage-collected.
 tasks: set[asyncio.Task] = set()
@@ -92,6 +95,7 @@ async def write_title(
             api_key=server.api_key,
             time_limit=TIMEOUT,
             extra={"max_tokens": MAX_TOKENS},
+            max_chars=MAX_ANSWER_CHARS,
         )
     except upstream.UpstreamError as error:
         log.info("conversation %s keeps its first words as title: %s", conversation_id, error)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 from channels.db import database_sync_to_async
-from scripted_upstream import requests_of, status_error, text_stream
+from scripted_upstream import paced_words, requests_of, status_error, text_stream
 from sockets import ends_reply, eventually, receive_until, send
 
 from conversations import titles, upstream
@@ -426,6 +426,25 @@ async def test_complete_chat_reads_a_server_that_streams_anyway(start_upstream):
         text = await upstream.complete_chat(server.base_url, client=client, model="m", messages=[])
     assert text == "Streamed title"
     assert requests_of(server)[0]["stream"] is False
+
+
+async def test_a_server_that_streams_past_max_tokens_is_read_only_as_far_as_the_title_needs(
+    start_upstream,
+):
+    """A server that ignores stream: false and max_tokens and streams a long answer: the
+    request is closed once the answer has max_chars characters, and the server stops."""
+    server = await start_upstream(paced_words(2000, 500))  # 4 s at 500 tokens a second
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with upstream.new_client() as client:
+        text = await upstream.complete_chat(
+            server.base_url, client=client, model="m", messages=[], max_chars=100
+        )
+    assert text.startswith("w0001 w0002 ") and 100 <= len(text) < 200
+    assert clean_title(text).startswith("w0001 w0002")
+    exchange = server.exchanges[0]
+    await asyncio.wait_for(exchange.disconnected.wait(), 2)  # the server learns at once
+    assert loop.time() - started < 2
 
 
 async def test_complete_chat_raises_upstream_errors(start_upstream):

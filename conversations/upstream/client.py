@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import httpx
 
@@ -139,12 +139,15 @@ async def complete_chat(
     api_key: str = "",
     time_limit: float = 30.0,
     extra: dict | None = None,
+    max_chars: int | None = None,
 ) -> str:
     """One chat completion asked for whole (``stream: false``): the text of its answer.
 
-    Reasoning is left out, in whichever field or inline ``<think>`` tags it comes; a
-    server that streams anyway is read to its end. Raises an UpstreamError if it
-    fails, also when the whole exchange takes longer than ``time_limit`` seconds.
+    Reasoning is left out, in whichever field or inline ``<think>`` tags it comes. A
+    server that streams anyway is read to its end, or, with ``max_chars``, until the
+    answer has that many characters (the request is then closed, and the server stops
+    writing). Raises an UpstreamError if it fails, also when the whole exchange takes
+    longer than ``time_limit`` seconds.
     """
     url = _endpoint(base_url, "chat/completions")
     payload: dict = {"model": model, "messages": messages, "stream": False}
@@ -155,6 +158,7 @@ async def complete_chat(
         write=min(WRITE_TIMEOUT, time_limit),
         pool=min(POOL_TIMEOUT, time_limit),
     )
+    parser, answer = StreamParser(api_key), _Answer()
     try:
         async with asyncio.timeout(time_limit):
             async with client.stream(
@@ -167,14 +171,21 @@ async def complete_chat(
                 await _raise_for_status(response, model=model, api_key=api_key)
                 streamed = _media_type(response) == "text/event-stream"
                 body = bytearray()
+                read = 0
                 async with contextlib.aclosing(response.aiter_bytes()) as chunks:
                     async for chunk in chunks:
-                        body += chunk
-                        if len(body) > MAX_COMPLETION_BODY:
+                        read += len(chunk)
+                        if read > MAX_COMPLETION_BODY:
                             raise UpstreamError(
                                 f"Upstream {host(url)} sent a completion larger than "
                                 f"{MAX_COMPLETION_BODY // (1024 * 1024)} MiB."
                             )
+                        if not streamed:
+                            body += chunk
+                            continue
+                        answer.take(parser.feed(chunk))
+                        if parser.done or (max_chars and len(answer.text) >= max_chars):
+                            break
     except TimeoutError as exc:
         message = f"Upstream {host(url)} did not answer within {time_limit:g} s."
         raise UpstreamError(message) from exc
@@ -182,19 +193,26 @@ async def complete_chat(
         raise transport_error(exc, url, time_limit) from exc
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise UpstreamError(f"Request to {host(url)} failed: {exc}") from exc
-    parser = StreamParser(api_key)
     if streamed:
-        events = [*parser.feed(bytes(body)), *parser.close()]
+        answer.take(parser.close())
     else:
-        events = list(parser.whole(bytes(body)))
-    text = ""
-    for event in events:
-        match event:
-            case TextDelta(piece):
-                text += piece
-            case TextWasReasoning():  # a closing think tag without an opening one
-                text = ""
-    return text
+        answer.take(parser.whole(bytes(body)))
+    return answer.text
+
+
+class _Answer:
+    """The text of an answer asked for whole, from its events: reasoning left out."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def take(self, events: Iterable[Event]) -> None:
+        for event in events:
+            match event:
+                case TextDelta(piece):
+                    self.text += piece
+                case TextWasReasoning():  # a closing think tag without an opening one
+                    self.text = ""
 
 
 async def list_models(base_url: str, *, client: httpx.AsyncClient, api_key: str = "") -> list[str]:
