@@ -158,7 +158,9 @@ def new_client(transport: str):
         return upstream.new_client()
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
     if transport == "httpcore":
-        return httpx.AsyncClient(limits=limits, follow_redirects=False)
+        return upstream.new_client("anyio")
+    if transport == "site-aiohttp":
+        return upstream.new_client("aiohttp")
     from httpx_aiohttp import AiohttpTransport
 
     return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), follow_redirects=False)

@@ -239,7 +239,9 @@ CHAT_ENCRYPTION_KEYS = [key for key in env("CHAT_ENCRYPTION_KEYS").split(",") if
 CHAT_GENERATE_TITLES = env_bool("CHAT_GENERATE_TITLES", True)
 # Seconds without a byte from the upstream before a reply is given up as interrupted.
 CHAT_UPSTREAM_IDLE_TIMEOUT = env_float("CHAT_UPSTREAM_IDLE_TIMEOUT", 60.0)
-# "aiohttp": read upstreams through aiohttp under httpx's API (conversations/upstream/transport.py).
+# How upstreams are read: "httpcore" (httpx's HTTP on the site's asyncio sockets,
+# conversations/upstream/network.py), "aiohttp" (aiohttp under httpx's API, transport.py)
+# or "anyio" (httpx's default sockets).
 CHAT_UPSTREAM_CLIENT = env("CHAT_UPSTREAM_CLIENT", "httpcore")
 # Frames to browsers: the first text of a reply goes at once; after that, text is merged
 # over a spell that grows with the replies streaming in the process (PER_REPLY seconds

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import re
+import ssl
 import threading
 import time
 import uuid
@@ -140,20 +141,28 @@ class ChatCompletionsServer:
     stop really closed the upstream request.
     """
 
-    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        handler: Handler,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.handler = handler
         self.host = host
         self.port = port
+        self.tls = tls  # serves https with this context
         self.exchanges: list[Exchange] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}/v1"
 
     async def start(self) -> ChatCompletionsServer:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -16,6 +16,7 @@ import httpx
 
 from .errors import StreamInterrupted, UpstreamError, host, shorten, status_error, transport_error
 from .events import Event, TextDelta, TextWasReasoning
+from .network import AsyncioBackend
 from .parse import StreamParser
 from .transport import AiohttpTransport
 
@@ -31,15 +32,24 @@ MAX_COMPLETION_BODY = 4 * 1024 * 1024  # a whole completion larger than this is 
 
 def new_client(transport: str = "httpcore") -> httpx.AsyncClient:
     """An AsyncClient set up for upstreams; its pool belongs to the loop it first runs on.
-    ``transport="aiohttp"`` reads through aiohttp (``transport.py``): less CPU per chunk,
-    but single replies showed occasional stalls of 30-110 ms (bench/README.md)."""
+
+    Its HTTP is httpx's own (httpcore and h11) on sockets read by a plain asyncio protocol
+    (``network.py``). ``transport="aiohttp"`` reads through aiohttp instead
+    (``transport.py``); ``"anyio"`` through httpcore's default sockets (bench/README.md).
+    """
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-    chosen = {"transport": AiohttpTransport(limits)} if transport == "aiohttp" else {}
+    if transport == "aiohttp":
+        chosen = AiohttpTransport(limits)
+    else:
+        chosen = httpx.AsyncHTTPTransport(limits=limits)
+        if transport != "anyio":
+            # httpx builds its httpcore pool without a way to pass a network backend.
+            chosen._pool._network_backend = AsyncioBackend()
     return httpx.AsyncClient(
         limits=limits,
         timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
         follow_redirects=False,
-        **chosen,
+        transport=chosen,
     )
 
 

@@ -1,0 +1,167 @@
+"""The upstream client's sockets (conversations/upstream/network.py): httpcore's HTTP on a
+plain asyncio protocol, over TLS, with flow control, timeouts and a server going away."""
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import socket
+import ssl
+
+import httpcore
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from scripted_upstream import numbered_words, paced_words, text_stream
+
+from conversations import upstream
+from conversations.demo import ChatCompletionsServer
+from conversations.upstream import Finish, TextDelta, stream_chat
+from conversations.upstream.network import HIGH_WATER, AsyncioBackend
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture
+def certificate(tmp_path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1: (certificate file, key file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+@pytest.mark.parametrize("transport", ["httpcore", "aiohttp"])
+async def test_a_reply_streams_over_tls(certificate, monkeypatch, transport):
+    cert_file, key_file = certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert_file, key_file)
+    server = await ChatCompletionsServer(paced_words(300, 2000), tls=tls).start()
+    monkeypatch.setenv("SSL_CERT_FILE", cert_file)  # httpx trusts it, as an operator's CA
+    try:
+        async with upstream.new_client(transport) as client:
+            for _ in range(2):  # the second request reuses the kept TLS connection
+                events = [
+                    e
+                    async for e in stream_chat(
+                        server.base_url, client=client, model="m", messages=MESSAGES
+                    )
+                ]
+                text = "".join(e.text for e in events if isinstance(e, TextDelta))
+                assert text == "".join(numbered_words(300))
+                assert Finish("stop") in events
+    finally:
+        await server.close()
+    assert server.base_url.startswith("https://")
+    assert len(server.exchanges) == 2
+
+
+async def test_a_certificate_nobody_trusts_is_refused(certificate):
+    cert_file, key_file = certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert_file, key_file)
+    server = await ChatCompletionsServer(text_stream(["never"]), tls=tls).start()
+    try:
+        async with upstream.new_client() as client:
+            with pytest.raises(upstream.ConnectError, match="TLS handshake failed"):
+                async for _ in stream_chat(
+                    server.base_url, client=client, model="m", messages=MESSAGES
+                ):
+                    pass
+    finally:
+        await server.close()
+    assert server.exchanges == []
+
+
+async def test_reading_pauses_while_a_megabyte_waits_and_every_byte_arrives_in_order():
+    sent = bytes(range(256)) * (4 * HIGH_WATER // 256)  # 4 MiB
+
+    async def flood(reader, writer):
+        writer.write(sent)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+    try:
+        await asyncio.sleep(0.3)  # nobody reads: the protocol stops reading past HIGH_WATER
+        assert stream._read_paused
+        assert HIGH_WATER < stream._buffered < len(sent)
+        received = bytearray()
+        while data := await stream.read(65536, timeout=5):
+            assert len(data) <= 65536
+            received += data
+        assert received == sent
+        assert not stream._read_paused
+    finally:
+        await stream.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_read_with_nothing_to_read_times_out_and_a_closed_socket_reads_empty():
+    release = asyncio.Event()
+
+    async def quiet_then_close(reader, writer):
+        await release.wait()
+        writer.write(b"last words")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(quiet_then_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+    try:
+        assert stream.get_extra_info("is_readable") is False
+        with pytest.raises(httpcore.ReadTimeout):
+            await stream.read(100, timeout=0.1)
+        release.set()
+        assert await stream.read(4, timeout=5) == b"last"  # a read takes at most max_bytes
+        assert await stream.read(100, timeout=5) == b" words"
+        assert await stream.read(100, timeout=5) == b""
+        assert stream.get_extra_info("is_readable") is True  # gone: not kept for reuse
+    finally:
+        await stream.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_refused_connection_is_a_connect_error_with_its_cause():
+    with socket_that_refuses() as port, pytest.raises(httpcore.ConnectError) as info:
+        await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+
+@contextlib.contextmanager
+def socket_that_refuses():
+    """A port nothing listens on, kept bound so no other test takes it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
