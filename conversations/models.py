@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connections, models, router, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.urls import reverse
@@ -872,13 +872,27 @@ class Message(models.Model):
 
     @classmethod
     def checkpoint_many(cls, saves) -> None:
-        """Save (message, content, reasoning) of many streaming replies: one UPDATE for all."""
+        """Save (message, content, reasoning) of many streaming replies: one UPDATE, run for
+        each row (``executemany``). The ORM's ``bulk_update`` builds a CASE expression per
+        column and row: about 1.4 ms of CPU a row, every interval, for 100 replies."""
         now = timezone.now()
-        messages = []
+        connection = connections[router.db_for_write(cls)]
+        stamp = connection.ops.adapt_datetimefield_value(now)
+        rows = []
         for message, content, reasoning in saves:
             message.content, message.reasoning, message.checkpoint_at = content, reasoning, now
-            messages.append(message)
-        cls.objects.streaming().bulk_update(messages, ["content", "reasoning", "checkpoint_at"])
+            rows.append((content, reasoning, stamp, message.pk, cls.Status.STREAMING))
+        name = connection.ops.quote_name
+        content, reasoning, at, pk, status = (
+            name(cls._meta.get_field(field).column)
+            for field in ("content", "reasoning", "checkpoint_at", "id", "status")
+        )
+        sql = (
+            f"UPDATE {name(cls._meta.db_table)} SET {content} = %s, {reasoning} = %s, "
+            f"{at} = %s WHERE {pk} = %s AND {status} = %s"
+        )
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
 
     def reopen(self) -> bool:
         """Put an ended reply back to streaming, to continue it. False if it changed meanwhile.

@@ -83,6 +83,31 @@ def test_checkpoint_saves_text_while_streaming_only(conversation):
     assert message.content == "So far, and more"
 
 
+def test_checkpoint_many_saves_every_streaming_reply_and_no_ended_one(conversation):
+    other = Conversation.objects.create(owner=conversation.owner)
+    first, second = reply(conversation), reply(other)
+    ended = Conversation.objects.create(owner=conversation.owner)
+    done = reply(ended)
+    done.finish(status=Message.Status.COMPLETE, content="The whole answer")
+    before = timezone.now()
+    Message.checkpoint_many(
+        [(first, "One", "thought 1"), (second, "Two \u2014 \U0001f600", ""), (done, "stale", "")]
+    )
+    for message, content, reasoning in [
+        (first, "One", "thought 1"),
+        (second, "Two \u2014 \U0001f600", ""),
+    ]:
+        message.refresh_from_db()
+        assert (message.content, message.reasoning, message.status) == (
+            content,
+            reasoning,
+            "streaming",
+        )
+        assert before <= message.checkpoint_at <= timezone.now()
+    done.refresh_from_db()
+    assert (done.content, done.status) == ("The whole answer", "complete")
+
+
 def test_orphans_are_streaming_rows_without_a_recent_checkpoint(conversation):
     old = timezone.now() - timedelta(seconds=60)
     lost = reply(conversation, content="kept", checkpoint_at=old)
