@@ -154,13 +154,11 @@ def new_client(transport: str):
 
     from conversations import upstream
 
-    if transport == "site":
-        return upstream.new_client()
+    if transport == "site":  # as the site reads, CHAT_UPSTREAM_CLIENT included
+        return upstream.new_client(os.environ.get("CHAT_UPSTREAM_CLIENT") or "httpcore")
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
     if transport == "httpcore":
         return upstream.new_client("anyio")
-    if transport == "site-aiohttp":
-        return upstream.new_client("aiohttp")
     from httpx_aiohttp import AiohttpTransport
 
     return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), follow_redirects=False)

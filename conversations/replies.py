@@ -364,6 +364,7 @@ class ReplyStream:
                     include_usage=include_usage,
                     extra=extra,
                     departed=self._departed.set,
+                    pace=read_pace,
                 )
                 async with contextlib.aclosing(events):
                     async for event in events:
@@ -599,6 +600,12 @@ def flush_interval(streaming: int) -> float:
     """How long text is merged into one frame: longer as more replies stream in the process."""
     spread = settings.CHAT_FLUSH_INTERVAL_PER_REPLY * streaming
     return min(settings.CHAT_FLUSH_MAX_INTERVAL, max(settings.CHAT_FLUSH_MIN_INTERVAL, spread))
+
+
+def read_pace() -> float:
+    """How long a reply's read may wait for more of its stream: half a frame. Chunks that
+    arrive meanwhile are read, parsed and published together (upstream.stream_chat)."""
+    return flush_interval(len(runtime.replies)) / 2
 
 
 def retry_delay(error: upstream.UpstreamError, attempt: int, waited: float) -> float | None:

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import itertools
 import socket
 import ssl
 
@@ -165,3 +166,34 @@ def socket_that_refuses():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+async def test_a_paced_reply_is_read_in_batches_after_its_first_events():
+    """100 words at 200 a second: read as they come, then woken once per 0.1 s; every word
+    arrives, in order, and a kept connection's next request starts unpaced."""
+    server = await ChatCompletionsServer(paced_words(100, 200)).start()
+    loop = asyncio.get_running_loop()
+
+    async def read(client, pace) -> list[tuple[float, str]]:
+        events = stream_chat(
+            server.base_url, client=client, model="m", messages=MESSAGES, pace=pace
+        )
+        return [(loop.time(), e.text) async for e in events if isinstance(e, TextDelta)]
+
+    try:
+        async with upstream.new_client() as client:
+            paced = await read(client, lambda: 0.1)
+            unpaced = await read(client, None)  # the same connection, kept
+    finally:
+        await server.close()
+    assert len(server.exchanges) == 2
+    for words in (paced, unpaced):
+        assert "".join(text for _, text in words) == "".join(numbered_words(100))
+    assert 4 <= wakes(paced) <= 12  # 0.5 s at one wake per 0.1 s, the first ones at once
+    assert wakes(unpaced) > 50
+
+
+def wakes(words: list[tuple[float, str]]) -> int:
+    """Reads that woke the reader: events of one read follow each other within microseconds,
+    and words are written 5 ms apart."""
+    return 1 + sum(b - a > 0.002 for (a, _), (b, _) in itertools.pairwise(words))

@@ -8,6 +8,12 @@ reading and buffers what arrives in the protocol; a read takes what is buffered 
 waiting, and only a read that has to wait arms a timer. Reading pauses only when a
 megabyte waits unread.
 
+A reader may pace a connection (``AsyncioStream.pace``, set through the response's
+``network_stream`` extension): a read that waits is then woken at most once per
+``pace()`` seconds, so that a reply's chunks arriving meanwhile are read, parsed and
+published together, at a cost per wake rather than per chunk. The first data after a
+quiet spell wakes it at once, and each new request starts unpaced.
+
 Everything above the socket is httpcore's and httpx's as before: HTTP/1.1 (h11), the
 pool, keep-alive, TLS settings, proxies, trace events and their exceptions. Failures are
 httpcore's exceptions with the OSError as their cause and argument, as anyio's backend
@@ -24,6 +30,7 @@ import asyncio
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import httpcore
@@ -56,6 +63,11 @@ class AsyncioStream(asyncio.BufferedProtocol, httpcore.AsyncNetworkStream):
         self._read_paused = False
         self._write_paused = False
         self._drained: asyncio.Future | None = None  # a write waiting for the buffer
+        # Set by the reader of a response (``pace``): seconds a waiting read may be held
+        # after the previous one woke, so that what arrives meanwhile is read at once.
+        self.pace: Callable[[], float] | None = None
+        self._woken = float("-inf")  # when a waiting read was last woken
+        self._pacer: asyncio.TimerHandle | None = None
 
     # --- what asyncio calls ----------------------------------------------------------
 
@@ -73,8 +85,28 @@ class AsyncioStream(asyncio.BufferedProtocol, httpcore.AsyncNetworkStream):
             self._read_paused = True
             self._transport.pause_reading()
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is None or waiter.done() or self._pacer is not None:
+            return
+        if self.pace is not None:
+            now = self._loop.time()
+            due = self._woken + self.pace()
+            if now < due:
+                self._pacer = self._loop.call_at(due, self._paced_wake)
+                return
+            self._woken = now
+        waiter.set_result(None)
+
+    def _paced_wake(self) -> None:
+        self._pacer = None
+        self._woken = self._loop.time()
+        self._wake()
+
+    def _stop_pacing(self) -> None:
+        self.pace = None
+        if self._pacer is not None:
+            self._pacer.cancel()
+            self._pacer = None
+        self._wake()  # a read held back by the pacer takes what is there
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -84,6 +116,7 @@ class AsyncioStream(asyncio.BufferedProtocol, httpcore.AsyncNetworkStream):
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self._error = exc
+        self._stop_pacing()
         self._wake()
         drained = self._drained
         if drained is not None and not drained.done():
@@ -109,7 +142,12 @@ class AsyncioStream(asyncio.BufferedProtocol, httpcore.AsyncNetworkStream):
         if not self._chunks and not self._eof:
             await self._wait_for_data(timeout)
         if self._chunks:
-            data = self._chunks.popleft()
+            chunks = self._chunks
+            if len(chunks) > 1 and self._buffered <= max_bytes:  # read together: one parse
+                data = b"".join(chunks)
+                chunks.clear()
+            else:
+                data = chunks.popleft()
             if len(data) > max_bytes:
                 data, rest = data[:max_bytes], data[max_bytes:]
                 self._chunks.appendleft(rest)
@@ -139,6 +177,7 @@ class AsyncioStream(asyncio.BufferedProtocol, httpcore.AsyncNetworkStream):
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
+        self._stop_pacing()  # a new request: its first bytes are read as they come
         if self._error is not None or self._transport.is_closing():
             raise httpcore.WriteError(self._error or ConnectionResetError("connection closed"))
         self._transport.write(buffer)
@@ -156,6 +195,7 @@ class AsyncioStream(asyncio.BufferedProtocol, httpcore.AsyncNetworkStream):
             raise httpcore.WriteError(self._error) from self._error
 
     async def aclose(self) -> None:
+        self._stop_pacing()
         if self._transport is not None:
             self._transport.close()
 
