@@ -411,7 +411,7 @@ class ReplyStream:
             await self.layer.group_send(
                 sockets_group(self.message.conversation_id), finished.as_message()
             )
-            titles.after_reply(self.message)  # the first complete reply: a title, unawaited
+            titles.after_reply(self.message, self.prompt)  # a first reply: a title, unawaited
         finally:
             runtime.discard(self)
             await self.layer.group_discard(reply_group(self.message.conversation_id), self._control)

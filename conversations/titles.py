@@ -47,15 +47,19 @@ MAX_ANSWER_CHARS = 4 * MAX_TITLE_CHARS
 tasks: set[asyncio.Task] = set()
 
 
-def after_reply(message: Message) -> None:
+def after_reply(message: Message, prompt: list[dict]) -> None:
     """The reply task's hook, once the final element of ``message`` is out: a complete
-    reply may earn its conversation a title. Starts a task and returns; never raises."""
+    reply to a conversation's first message (``prompt``, what its request carried) may
+    earn its conversation a title. Starts a task and returns; never raises."""
     try:
         if not settings.CHAT_GENERATE_TITLES or message.status != Message.Status.COMPLETE:
             return
+        first = first_message(prompt)
+        if first is None:
+            return  # not the first exchange: the conversation has its title by now
         task = asyncio.create_task(
             _write_title_logged(
-                message.conversation_id, message.pk, message.model, message.endpoint_id
+                message.conversation_id, first, message.content, message.model, message.endpoint_id
             ),
             name=f"title-{message.conversation_id}",
         )
@@ -66,21 +70,21 @@ def after_reply(message: Message) -> None:
 
 
 async def _write_title_logged(
-    conversation_id: int, reply_id: int, model: str, endpoint_id: int | None = None
+    conversation_id: int, first: str, reply: str, model: str, endpoint_id: int | None = None
 ) -> None:
     try:
-        await write_title(conversation_id, reply_id, model, endpoint_id)
+        await write_title(conversation_id, first, reply, model, endpoint_id)
     except Exception:
         log.exception("writing the title of conversation %s failed", conversation_id)
 
 
 async def write_title(
-    conversation_id: int, reply_id: int, model: str, endpoint_id: int | None = None
+    conversation_id: int, first: str, reply: str, model: str, endpoint_id: int | None = None
 ) -> str | None:
     """Ask ``model`` (of the endpoint ``endpoint_id``, None for the default server) for
-    the title of a conversation whose first reply is ``reply_id``; the title stored and
-    shown, or None (the first words stay)."""
-    request = await database_sync_to_async(_prepare)(conversation_id, reply_id)
+    the title of a conversation whose first message is ``first`` and first reply
+    ``reply``; the title stored and shown, or None (the first words stay)."""
+    request = await database_sync_to_async(_prepare)(conversation_id, first, reply)
     if request is None:
         return None
     server = await runtime.server(endpoint_id)
@@ -118,26 +122,24 @@ class TitleRequest:
     messages: list[dict]
 
 
-def _prepare(conversation_id: int, reply_id: int) -> TitleRequest | None:
+def _prepare(conversation_id: int, first: str, reply: str) -> TitleRequest | None:
     """The request for the title, admitted against the owner's limit; None when the
     conversation needs none (or it would be over the limit)."""
-    conversation = Conversation.objects.filter(pk=conversation_id).first()
-    if conversation is None or conversation.title_generated:
-        return None
-    replies = conversation.messages.filter(role=Message.Role.ASSISTANT).order_by("pk")
-    reply = replies.first()
-    if reply is None or reply.pk != reply_id or reply.status != Message.Status.COMPLETE:
-        return None  # not the conversation's first reply
-    first = conversation.messages.filter(role=Message.Role.USER).order_by("pk").first()
-    if first is None:
-        return None
-    words = first_words(first.content)
-    if conversation.title != words:
+    row = (
+        Conversation.objects.filter(pk=conversation_id, title_generated=False)
+        .values_list("title", "owner_id")
+        .first()
+    )
+    if row is None:
+        return None  # gone, or titled already
+    title, owner_id = row
+    words = first_words(first)
+    if title != words:
         return None  # named by someone, not by its first words
-    if UpstreamRequest.record(conversation.owner_id):  # seconds to wait: over the limit
+    if UpstreamRequest.record(owner_id):  # seconds to wait: over the limit
         log.info("conversation %s keeps its first words as title: over the limit", conversation_id)
         return None
-    return TitleRequest(words, title_messages(first.content, reply.content))
+    return TitleRequest(words, title_messages(first, reply))
 
 
 def _store(conversation_id: int, first_words: str, title: str) -> Conversation | None:
@@ -154,6 +156,16 @@ def _store(conversation_id: int, first_words: str, title: str) -> Conversation |
 def first_words(content: str) -> str:
     """The title a first message gives its conversation (as ``Conversation.send`` sets it)."""
     return " ".join(content.split())[:MAX_TITLE_CHARS]
+
+
+def first_message(prompt: list[dict]) -> str | None:
+    """The text of the first message, if ``prompt`` answers a conversation's first message
+    (its only user message; a continued reply carries its own text after it), else None."""
+    users = [m for m in prompt if m.get("role") == "user"]
+    if len(users) != 1:
+        return None
+    content = users[0].get("content")
+    return content if isinstance(content, str) else None
 
 
 def title_messages(first_message: str, reply: str) -> list[dict]:

@@ -28,6 +28,7 @@ POOL_TIMEOUT = 30.0
 LIST_MODELS_TIMEOUT = 30.0
 MAX_ERROR_BODY = 64 * 1024  # an error page is read this far, no further
 MAX_COMPLETION_BODY = 4 * 1024 * 1024  # a whole completion larger than this is refused
+WHOLE_READ_PACE = 0.05  # seconds between the wakes of a read of a completion asked whole
 
 
 def new_client(transport: str = "httpcore") -> httpx.AsyncClient:
@@ -189,6 +190,11 @@ async def complete_chat(
             ) as response:
                 await _raise_for_status(response, model=model, api_key=api_key)
                 streamed = _media_type(response) == "text/event-stream"
+                stream = response.extensions.get("network_stream")
+                if isinstance(stream, AsyncioStream):
+                    # Nothing shows until the answer is whole: what arrives in pieces is
+                    # read in a few wakes, not one per piece.
+                    stream.pace = _whole_pace
                 body = bytearray()
                 read = 0
                 async with contextlib.aclosing(response.aiter_bytes()) as chunks:
@@ -217,6 +223,10 @@ async def complete_chat(
     else:
         answer.take(parser.whole(bytes(body)))
     return answer.text
+
+
+def _whole_pace() -> float:
+    return WHOLE_READ_PACE
 
 
 class _Answer:
