@@ -60,6 +60,12 @@ OBSERVER_SCRIPT = """
   const state = {seen: {}, frameOf: {}, painted: {}, frames: [],
                  callbacks: 0, callbackMs: 0, callbackMaxMs: 0, scanned: 0};
   window.__visible = state;
+  // The main thread's long tasks (50 ms or more: Chromium's own threshold), during the reply.
+  state.longTasks = [];
+  const longTasks = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) state.longTasks.push(entry.duration);
+  });
+  longTasks.observe({type: "longtask"});
   let unpainted = [];
   // Capture phase on the document: before chat.js's own listeners (bubble phase).
   document.addEventListener("htmx:wsBeforeMessage", (event) => {
@@ -113,6 +119,7 @@ OBSERVER_SCRIPT = """
   observer.observe(document.getElementById("messages"), {subtree: true, childList: true});
   state.collect = () => {
     observer.disconnect();
+    longTasks.disconnect();
     const last = [...document.querySelectorAll(ASSISTANT)].pop();
     const {collect, ...recorded} = state;
     return {...recorded, enterAt: window.__enterAt || null, finalText: last?.textContent || ""};
@@ -155,6 +162,44 @@ def cpu_readings(site: common.Site) -> tuple[float, dict[int, tuple[float, bool]
                 chromium[child.pid] = (cpu.user + cpu.system, renderer)
     daphne = psutil.Process(site.pids[0]).cpu_times()
     return daphne.user + daphne.system, chromium
+
+
+class CpuTrace:
+    """Daphne's CPU seconds every 20 ms (monotonic time, seconds), while a reply streams."""
+
+    def __init__(self, pid: int):
+        self.process, self.samples = psutil.Process(pid), []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            cpu = self.process.cpu_times()
+            self.samples.append((time.monotonic(), cpu.user + cpu.system))
+            self._stop.wait(0.02)
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+
+def cpu_between(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """CPU seconds used between two monotonic times (the samples nearest inside them)."""
+    inside = [cpu for at, cpu in samples if start <= at <= end]
+    return inside[-1] - inside[0] if len(inside) >= 2 else None
+
+
+def tenths_cpu(samples, written: dict) -> dict:
+    """Daphne's µs of CPU per token while the upstream wrote the first and the last 10%."""
+    sent = written.get("sent") or []
+    tenth = len(sent) // 10
+    out = {}
+    for key, part in (("first", sent[:tenth]), ("last", sent[-tenth:] if tenth else [])):
+        cpu = cpu_between(samples, part[0], part[-1]) if len(part) >= 2 else None
+        out[f"{key}_tenth_cpu_us"] = None if cpu is None else cpu / (len(part) - 1) * 1e6
+    return out
 
 
 def cpu_figures(before: tuple, after: tuple, seconds: float) -> dict:
@@ -251,6 +296,7 @@ def run_in_browser(browser, site: common.Site, username: str, name: str, timeout
         page.evaluate(OBSERVER_SCRIPT)
         page.fill("textarea[name=content]", f"{name} go")
         cpu, started = cpu_readings(site), time.monotonic()
+        trace = CpuTrace(site.pids[0])
         page.press("textarea[name=content]", "Enter")
         final = "[data-role=assistant][data-status=complete]"
         if stop_after:
@@ -259,8 +305,12 @@ def run_in_browser(browser, site: common.Site, username: str, name: str, timeout
             final = "[data-role=assistant]:not([data-status=streaming])"
         # Polled every 100 ms, not on every animation frame: the wait perturbs the page less.
         found = f"() => document.querySelector('{final}') !== null"
-        page.wait_for_function(found, polling=100, timeout=timeout * 1000)
+        try:
+            page.wait_for_function(found, polling=100, timeout=timeout * 1000)
+        finally:
+            samples = trace.stop()
         cpu = cpu_figures(cpu, cpu_readings(site), time.monotonic() - started)
+        cpu["cpu_samples"] = samples
         recorded = page.evaluate("() => window.__visible.collect()") | {"witness_seen": []}
         recorded["clock_error_ms"], recorded["clock_trip_ms"] = page_clock_error(page)
         if bare is not None:
@@ -323,6 +373,8 @@ def run_figures(recorded: dict, written: dict, offset: float, tokens: int) -> di
     observer["max_ms"] = "callbackMaxMs"
     out |= {f"observer_{k}": recorded[v] for k, v in observer.items()}
     out |= {f"page_{k}": recorded[k] for k in ("clock_error_ms", "clock_trip_ms")}
+    out["long_tasks"] = len(recorded["longTasks"])
+    out["long_task_max_ms"] = max(recorded["longTasks"], default=0.0)
     return out | frame_figures(frames)
 
 
@@ -406,6 +458,10 @@ BREAKDOWN_ROWS = [  # label, figure, digits; the witness rows only with --witnes
     ("observer time, longest callback (ms)", "observer_max_ms", 3),
     ("observer characters read", "observer_chars_read", 0),
     ("Daphne CPU (% of one core)", "daphne_cpu_percent", 0),
+    ("Daphne CPU per token, first 10% written (µs)", "first_tenth_cpu_us", 1),
+    ("Daphne CPU per token, last 10% written (µs)", "last_tenth_cpu_us", 1),
+    ("page's long tasks (50 ms or more)", "long_tasks", 0),
+    ("page's longest long task (ms)", "long_task_max_ms", 1),
     ("Chromium CPU, all processes (%)", "chromium_cpu_percent", 0),
     ("Chromium CPU, renderer (%)", "renderer_cpu_percent", 0),
     ("page clock - bench clock (ms)", "page_clock_error_ms", 2),
@@ -478,7 +534,9 @@ def measure(args, tmp: Path, stack: ExitStack) -> dict:
         name, witness = f"bench-{run_id}-run{index}", args.tokens if args.witness else 0
         upstream.reset()
         recorded, cpu = run_in_browser(browser, site, username, name, timeout, witness=witness)
-        run = run_figures(recorded, upstream.times().get(name, {}), offset, args.tokens)
+        written = upstream.times().get(name, {})
+        run = run_figures(recorded, written, offset, args.tokens)
+        run |= tenths_cpu(cpu.pop("cpu_samples"), written)
         runs.append(run | cpu)
         first, p50, p99 = (number(run[key]) for key in ("first_token_ms", "p50_ms", "p99_ms"))
         print(f"run {index}: first token {first} ms, p50 {p50}, p99 {p99}, ", end="")
