@@ -10,8 +10,9 @@ time: the machine is shared) divided by the content chunks it received. ``parse 
 feeds the same bytes straight to ``StreamParser``, one chunk at a time, without HTTP.
 
 Variants: the code of this tree, and with ``--before REV`` the code of that commit
-(``git archive``, read only); the site's client (``upstream.new_client()``: aiohttp
-under httpx since 6fa1a91, httpcore before), ``--httpcore`` (httpx's own transport) or
+(``git archive``, read only); the site's client (``upstream.new_client()``, or the one
+``CHAT_UPSTREAM_CLIENT`` names: httpcore on the site's asyncio sockets since 568a034),
+``--httpcore`` (httpx's own transport on its default anyio sockets) or
 ``--aiohttp`` (httpx-aiohttp's transport); asyncio's event loop or ``--uvloop``.
 """
 
@@ -246,13 +247,13 @@ def variants(args, before: str | None) -> list[tuple[str, list[str]]]:
         rows.append((f"{args.before}, its client, asyncio", ["--source", before]))
     rows.append(("this tree, the site's client, asyncio", here))
     if args.httpcore:
-        rows.append(("this tree, httpcore, asyncio", [*here, "--httpcore"]))
+        rows.append(("this tree, httpcore on anyio, asyncio", [*here, "--httpcore"]))
     if args.aiohttp:
         rows.append(("this tree, httpx-aiohttp, asyncio", [*here, "--aiohttp"]))
     if args.uvloop:
         rows.append(("this tree, the site's client, uvloop", [*here, "--uvloop"]))
     if args.httpcore and args.uvloop:
-        rows.append(("this tree, httpcore, uvloop", [*here, "--httpcore", "--uvloop"]))
+        rows.append(("this tree, httpcore on anyio, uvloop", [*here, "--httpcore", "--uvloop"]))
     return rows
 
 
@@ -345,7 +346,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--before", metavar="REV", help="also measure the code of this commit")
     parser.add_argument("--aiohttp", action="store_true", help="also with httpx-aiohttp")
-    parser.add_argument("--httpcore", action="store_true", help="also with httpx's httpcore")
+    parser.add_argument("--httpcore", action="store_true", help="also httpx's own sockets")
     parser.add_argument("--uvloop", action="store_true", help="also with uvloop")
     parser.add_argument(
         "--smoke", action="store_true", help="10 streams x 200 chunks, once: a quick check"

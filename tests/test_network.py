@@ -197,3 +197,31 @@ def wakes(words: list[tuple[float, str]]) -> int:
     """Reads that woke the reader: events of one read follow each other within microseconds,
     and words are written 5 ms apart."""
     return 1 + sum(b - a > 0.002 for (a, _), (b, _) in itertools.pairwise(words))
+
+
+async def test_a_read_woken_with_nothing_to_read_waits_on():
+    """An empty read means the server closed: a wake without data (as a late pacer's
+    would be) must not end the response."""
+    release = asyncio.Event()
+
+    async def later(reader, writer):
+        await release.wait()
+        writer.write(b"data")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(later, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+    try:
+        reading = asyncio.create_task(stream.read(100, timeout=5))
+        await asyncio.sleep(0.05)
+        stream._wake()
+        await asyncio.sleep(0.05)
+        assert not reading.done()
+        release.set()
+        assert await reading == b"data"
+    finally:
+        await stream.aclose()
+        server.close()
+        await server.wait_closed()

@@ -38,7 +38,10 @@ def new_client(transport: str = "httpcore") -> httpx.AsyncClient:
     (``network.py``). ``transport="aiohttp"`` reads through aiohttp instead
     (``transport.py``); ``"anyio"`` through httpcore's default sockets (bench/README.md).
     """
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    # Every connection may be kept: at 200 replies at once, a pool that keeps 100 makes the
+    # next replies and titles connect (and shake hands over TLS) again. Idle ones go after
+    # httpx's 5 s.
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
     if transport == "aiohttp":
         chosen = AiohttpTransport(limits)
     else:

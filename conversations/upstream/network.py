@@ -161,18 +161,22 @@ class AsyncioStream(asyncio.BufferedProtocol, httpcore.AsyncNetworkStream):
         return b""  # the server closed its side
 
     async def _wait_for_data(self, timeout: float | None) -> None:
-        waiter = self._waiter = self._loop.create_future()
-        timer = None
-        if timeout is not None:
-            timer = self._loop.call_later(timeout, _time_out, waiter)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
-        if waiter.result() is TimeoutError:
-            raise httpcore.ReadTimeout(f"no data within {timeout:g} s")
+        """Until data or the end arrives; a wake with neither (none is expected) waits on,
+        since an empty read would tell httpcore the server closed the connection."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while not self._chunks and not self._eof:
+            waiter = self._waiter = self._loop.create_future()
+            timer = None
+            if deadline is not None:
+                timer = self._loop.call_at(deadline, _time_out, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if waiter.result() is TimeoutError:
+                raise httpcore.ReadTimeout(f"no data within {timeout:g} s")
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
