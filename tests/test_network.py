@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import ipaddress
 import itertools
+import json
 import socket
 import ssl
 
@@ -15,10 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from scripted_upstream import numbered_words, paced_words, text_stream
+from scripted_upstream import numbered_words, text_stream
 
 from conversations import upstream
-from conversations.demo import ChatCompletionsServer
+from conversations.demo import ChatCompletionsServer, chunk
 from conversations.upstream import Finish, TextDelta, stream_chat
 from conversations.upstream.network import HIGH_WATER, AsyncioBackend
 
@@ -58,16 +59,70 @@ def certificate(tmp_path) -> tuple[str, str]:
     return str(cert_file), str(key_file)
 
 
+class KeptAliveServer:
+    """Streams ``words`` SSE chunks, ``gap`` seconds apart, to each request, keeping the
+    connection for the next one (the demo server closes after each); counts connections."""
+
+    def __init__(self, words: list[str], gap: float, tls: ssl.SSLContext | None = None):
+        self.words, self.gap, self.tls = words, gap, tls
+        self.connections = 0
+        self.requests = 0
+
+    async def start(self) -> "KeptAliveServer":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        port = self.server.sockets[0].getsockname()[1]
+        self.base_url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}/v1"
+        return self
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader, writer) -> None:
+        self.connections += 1
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                self.requests += 1
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                for word in self.words:
+                    await asyncio.sleep(self.gap)
+                    writer.write(chunked(chunk("c1", "m", {"content": word})))
+                writer.write(
+                    chunked(chunk("c1", "m", {}, "stop")) + chunked("[DONE]") + b"0\r\n\r\n"
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def chunked(payload) -> bytes:
+    data = f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n".encode()
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 @pytest.mark.parametrize("transport", ["httpcore", "aiohttp"])
-async def test_a_reply_streams_over_tls(certificate, monkeypatch, transport):
+async def test_a_reply_streams_over_tls_and_its_connection_is_kept(
+    certificate, monkeypatch, transport
+):
     cert_file, key_file = certificate
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert_file, key_file)
-    server = await ChatCompletionsServer(paced_words(300, 2000), tls=tls).start()
+    server = await KeptAliveServer(numbered_words(300), 0.0005, tls=tls).start()
     monkeypatch.setenv("SSL_CERT_FILE", cert_file)  # httpx trusts it, as an operator's CA
     try:
         async with upstream.new_client(transport) as client:
-            for _ in range(2):  # the second request reuses the kept TLS connection
+            for _ in range(2):
                 events = [
                     e
                     async for e in stream_chat(
@@ -80,7 +135,7 @@ async def test_a_reply_streams_over_tls(certificate, monkeypatch, transport):
     finally:
         await server.close()
     assert server.base_url.startswith("https://")
-    assert len(server.exchanges) == 2
+    assert (server.requests, server.connections) == (2, 1)  # one TLS handshake for both
 
 
 async def test_a_certificate_nobody_trusts_is_refused(certificate):
@@ -169,9 +224,9 @@ def socket_that_refuses():
 
 
 async def test_a_paced_reply_is_read_in_batches_after_its_first_events():
-    """100 words at 200 a second: read as they come, then woken once per 0.1 s; every word
-    arrives, in order, and a kept connection's next request starts unpaced."""
-    server = await ChatCompletionsServer(paced_words(100, 200)).start()
+    """100 words 5 ms apart: read as they come, then woken once per 0.1 s; every word
+    arrives, in order, and the next request on the same connection starts unpaced."""
+    server = await KeptAliveServer(numbered_words(100), 0.005).start()
     loop = asyncio.get_running_loop()
 
     async def read(client, pace) -> list[tuple[float, str]]:
@@ -183,10 +238,10 @@ async def test_a_paced_reply_is_read_in_batches_after_its_first_events():
     try:
         async with upstream.new_client() as client:
             paced = await read(client, lambda: 0.1)
-            unpaced = await read(client, None)  # the same connection, kept
+            unpaced = await read(client, None)
     finally:
         await server.close()
-    assert len(server.exchanges) == 2
+    assert (server.requests, server.connections) == (2, 1)
     for words in (paced, unpaced):
         assert "".join(text for _, text in words) == "".join(numbered_words(100))
     assert 4 <= wakes(paced) <= 12  # 0.5 s at one wake per 0.1 s, the first ones at once

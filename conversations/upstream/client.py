@@ -28,6 +28,7 @@ POOL_TIMEOUT = 30.0
 LIST_MODELS_TIMEOUT = 30.0
 MAX_ERROR_BODY = 64 * 1024  # an error page is read this far, no further
 MAX_COMPLETION_BODY = 4 * 1024 * 1024  # a whole completion larger than this is refused
+DRAIN_SECONDS = 0.05  # the wait for the end of a body after [DONE]
 WHOLE_READ_PACE = 0.05  # seconds between the wakes of a read of a completion asked whole
 
 
@@ -125,6 +126,7 @@ async def stream_chat(
                             stream.pace, stream = pace, None  # the first event is out
                         yield event
                     if parser.done:
+                        await _drain(chunks)
                         return
             for event in parser.close():
                 yield event
@@ -139,6 +141,17 @@ async def stream_chat(
             f"The stream from {host(url)} ended before the reply finished "
             "(no finish_reason arrived)."
         )
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """After [DONE], the body's end (it comes with it, or right after): read to the end,
+    a response is given back to the pool for the next request; closed before it, its
+    connection is closed, and the next reply connects (and shakes hands) again. A server
+    that goes on is left after DRAIN_SECONDS."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in chunks:
+                pass
 
 
 # httpcore's trace events after which a request has left, or waits for the network.
