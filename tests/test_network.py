@@ -280,3 +280,26 @@ async def test_a_read_woken_with_nothing_to_read_waits_on():
         await stream.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_cookie_an_upstream_sets_never_goes_out_again():
+    """One client serves every user: what one reply's upstream sets is not sent with the
+    next request (another user's, perhaps)."""
+
+    async def sets_a_cookie(exchange):
+        await exchange.start(headers={"Set-Cookie": "session=abc123; Path=/"})
+        await exchange.send_event(chunk("c1", "m", {"content": "hi"}, "stop"))
+        await exchange.send_event("[DONE]")
+
+    server = await ChatCompletionsServer(sets_a_cookie).start()
+    try:
+        async with upstream.new_client() as client:
+            for _ in range(2):
+                async for _event in stream_chat(
+                    server.base_url, client=client, model="m", messages=MESSAGES
+                ):
+                    pass
+            assert not client.cookies
+    finally:
+        await server.close()
+    assert [e.headers.get("cookie") for e in server.exchanges] == [None, None]

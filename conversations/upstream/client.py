@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
@@ -55,6 +56,9 @@ def new_client(transport: str = "httpcore") -> httpx.AsyncClient:
         timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT),
         follow_redirects=False,
         transport=chosen,
+        # One client serves every user: a cookie an upstream sets is never kept, so it
+        # never goes out with another user's request.
+        cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
     )
 
 
