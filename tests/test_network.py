@@ -155,6 +155,20 @@ async def test_a_certificate_nobody_trusts_is_refused(certificate):
     assert server.exchanges == []
 
 
+@contextlib.asynccontextmanager
+async def connected(serve):
+    """A stream of the site's backend connected to a loopback server running ``serve``."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+    try:
+        yield stream
+    finally:
+        await stream.aclose()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_reading_pauses_while_a_megabyte_waits_and_every_byte_arrives_in_order():
     sent = bytes(range(256)) * (4 * HIGH_WATER // 256)  # 4 MiB
 
@@ -163,10 +177,7 @@ async def test_reading_pauses_while_a_megabyte_waits_and_every_byte_arrives_in_o
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(flood, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
-    try:
+    async with connected(flood) as stream:
         await asyncio.sleep(0.3)  # nobody reads: the protocol stops reading past HIGH_WATER
         assert stream._read_paused
         assert HIGH_WATER < stream._buffered < len(sent)
@@ -176,10 +187,6 @@ async def test_reading_pauses_while_a_megabyte_waits_and_every_byte_arrives_in_o
             received += data
         assert received == sent
         assert not stream._read_paused
-    finally:
-        await stream.aclose()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_read_with_nothing_to_read_times_out_and_a_closed_socket_reads_empty():
@@ -191,10 +198,7 @@ async def test_a_read_with_nothing_to_read_times_out_and_a_closed_socket_reads_e
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(quiet_then_close, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
-    try:
+    async with connected(quiet_then_close) as stream:
         assert stream.get_extra_info("is_readable") is False
         with pytest.raises(httpcore.ReadTimeout):
             await stream.read(100, timeout=0.1)
@@ -203,10 +207,6 @@ async def test_a_read_with_nothing_to_read_times_out_and_a_closed_socket_reads_e
         assert await stream.read(100, timeout=5) == b" words"
         assert await stream.read(100, timeout=5) == b""
         assert stream.get_extra_info("is_readable") is True  # gone: not kept for reuse
-    finally:
-        await stream.aclose()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_refused_connection_is_a_connect_error_with_its_cause():
@@ -265,10 +265,7 @@ async def test_a_read_woken_with_nothing_to_read_waits_on():
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(later, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
-    try:
+    async with connected(later) as stream:
         reading = asyncio.create_task(stream.read(100, timeout=5))
         await asyncio.sleep(0.05)
         stream._wake()
@@ -276,10 +273,6 @@ async def test_a_read_woken_with_nothing_to_read_waits_on():
         assert not reading.done()
         release.set()
         assert await reading == b"data"
-    finally:
-        await stream.aclose()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_cookie_an_upstream_sets_never_goes_out_again():
