@@ -169,6 +169,18 @@ async def connected(serve):
         await server.wait_closed()
 
 
+def writes_once(release: asyncio.Event, data: bytes):
+    """A server that says nothing until ``release`` is set, then ``data``, then closes."""
+
+    async def serve(reader, writer):
+        await release.wait()
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+
+    return serve
+
+
 async def test_reading_pauses_while_a_megabyte_waits_and_every_byte_arrives_in_order():
     sent = bytes(range(256)) * (4 * HIGH_WATER // 256)  # 4 MiB
 
@@ -191,14 +203,7 @@ async def test_reading_pauses_while_a_megabyte_waits_and_every_byte_arrives_in_o
 
 async def test_a_read_with_nothing_to_read_times_out_and_a_closed_socket_reads_empty():
     release = asyncio.Event()
-
-    async def quiet_then_close(reader, writer):
-        await release.wait()
-        writer.write(b"last words")
-        await writer.drain()
-        writer.close()
-
-    async with connected(quiet_then_close) as stream:
+    async with connected(writes_once(release, b"last words")) as stream:
         assert stream.get_extra_info("is_readable") is False
         with pytest.raises(httpcore.ReadTimeout):
             await stream.read(100, timeout=0.1)
@@ -258,14 +263,7 @@ async def test_a_read_woken_with_nothing_to_read_waits_on():
     """An empty read means the server closed: a wake without data (as a late pacer's
     would be) must not end the response."""
     release = asyncio.Event()
-
-    async def later(reader, writer):
-        await release.wait()
-        writer.write(b"data")
-        await writer.drain()
-        writer.close()
-
-    async with connected(later) as stream:
+    async with connected(writes_once(release, b"data")) as stream:
         reading = asyncio.create_task(stream.read(100, timeout=5))
         await asyncio.sleep(0.05)
         stream._wake()
