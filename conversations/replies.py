@@ -470,7 +470,7 @@ class Publisher:
         self.group = sockets_group(message.conversation_id)
         self.notice = ""  # shown under the reply while it streams, e.g. "Retrying..."
         self._wake = asyncio.Event()
-        self._closing = asyncio.Event()
+        self._closing = False  # close() was called: the next frame is the last
         self._napping: asyncio.Future | None = None  # the wait for the next frame
         self._sync_requests: list[str] = []
         self._last_flush = float("-inf")
@@ -514,7 +514,7 @@ class Publisher:
     async def close(self) -> None:
         """Publish what is left and stop; frames are never cut in half."""
         self.notice = ""
-        self._closing.set()
+        self._closing = True
         self._wake.set()
         if self._napping is not None:
             _wake_up(self._napping)
@@ -527,11 +527,11 @@ class Publisher:
             await self._wake.wait()
             self._wake.clear()
             wait = self._last_flush + flush_interval(len(runtime.replies)) - loop.time()
-            if wait > 0 and not self._sync_requests and not self._closing.is_set():
+            if wait > 0 and not self._sync_requests and not self._closing:
                 await self._nap(loop, wait)
             self._last_flush = loop.time()
             await self._flush()
-            if self._closing.is_set():
+            if self._closing:
                 await self._flush()  # text that arrived while the last frame was sent
                 return
 

@@ -294,3 +294,19 @@ async def test_a_cookie_an_upstream_sets_never_goes_out_again():
     finally:
         await server.close()
     assert [e.headers.get("cookie") for e in server.exchanges] == [None, None]
+
+
+async def test_a_whole_answer_streamed_anyway_leaves_its_connection_kept():
+    """A server that streams a title asked for whole: read to [DONE] and the body's end,
+    its connection serves the next request."""
+    server = await KeptAliveServer(["Why ", "the sky ", "is blue"], 0.001).start()
+    try:
+        async with upstream.new_client() as client:
+            for _ in range(2):
+                answer = await upstream.complete_chat(
+                    server.base_url, client=client, model="m", messages=MESSAGES
+                )
+                assert answer == "Why the sky is blue"
+    finally:
+        await server.close()
+    assert (server.requests, server.connections) == (2, 1)

@@ -120,9 +120,7 @@ async def stream_chat(
                     status_code=response.status_code,
                 )
             # No content-type check beyond that: some servers send none, or text/plain.
-            stream = response.extensions.get("network_stream") if pace else None
-            if not isinstance(stream, AsyncioStream):
-                stream = None  # aiohttp's, or httpx's own through a proxy: not paced
+            stream = _paceable(response) if pace else None
             async with contextlib.aclosing(response.aiter_bytes()) as chunks:
                 async for chunk in chunks:
                     for event in parser.feed(chunk):
@@ -145,6 +143,13 @@ async def stream_chat(
             f"The stream from {host(url)} ended before the reply finished "
             "(no finish_reason arrived)."
         )
+
+
+def _paceable(response: httpx.Response) -> AsyncioStream | None:
+    """The connection under ``response`` if its reads can be paced: not aiohttp's, nor
+    httpx's own sockets (through a proxy, or CHAT_UPSTREAM_CLIENT=anyio)."""
+    stream = response.extensions.get("network_stream")
+    return stream if isinstance(stream, AsyncioStream) else None
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
@@ -210,11 +215,10 @@ async def complete_chat(
             ) as response:
                 await _raise_for_status(response, model=model, api_key=api_key)
                 streamed = _media_type(response) == "text/event-stream"
-                stream = response.extensions.get("network_stream")
-                if isinstance(stream, AsyncioStream):
+                if stream := _paceable(response):
                     # Nothing shows until the answer is whole: what arrives in pieces is
                     # read in a few wakes, not one per piece.
-                    stream.pace = _whole_pace
+                    stream.pace = lambda: WHOLE_READ_PACE
                 body = bytearray()
                 read = 0
                 async with contextlib.aclosing(response.aiter_bytes()) as chunks:
@@ -229,8 +233,11 @@ async def complete_chat(
                             body += chunk
                             continue
                         answer.take(parser.feed(chunk))
-                        if parser.done or (max_chars and len(answer.text) >= max_chars):
+                        if parser.done:
+                            await _drain(chunks)
                             break
+                        if max_chars and len(answer.text) >= max_chars:
+                            break  # closed unread: the server stops writing
     except TimeoutError as exc:
         message = f"Upstream {host(url)} did not answer within {time_limit:g} s."
         raise UpstreamError(message) from exc
@@ -243,10 +250,6 @@ async def complete_chat(
     else:
         answer.take(parser.whole(bytes(body)))
     return answer.text
-
-
-def _whole_pace() -> float:
-    return WHOLE_READ_PACE
 
 
 class _Answer:

@@ -116,25 +116,18 @@ class AsyncioStream(asyncio.BufferedProtocol, httpcore.AsyncNetworkStream):
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self._error = exc
-        self._stop_pacing()
-        self._wake()
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
+        self._stop_pacing()  # wakes a waiting read
+        _settle(self._drained)
 
     def pause_writing(self) -> None:
         self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
+        _settle(self._drained)
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _settle(self._waiter)
 
     # --- what httpcore calls ---------------------------------------------------------
 
@@ -168,7 +161,7 @@ class AsyncioStream(asyncio.BufferedProtocol, httpcore.AsyncNetworkStream):
             waiter = self._waiter = self._loop.create_future()
             timer = None
             if deadline is not None:
-                timer = self._loop.call_at(deadline, _time_out, waiter)
+                timer = self._loop.call_at(deadline, _settle, waiter, TimeoutError)
             try:
                 await waiter
             finally:
@@ -240,9 +233,10 @@ class AsyncioStream(asyncio.BufferedProtocol, httpcore.AsyncNetworkStream):
         return None
 
 
-def _time_out(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_result(TimeoutError)
+def _settle(future: asyncio.Future | None, result: Any = None) -> None:
+    """Wake whoever awaits ``future`` (a read, a write, a timed-out read), once."""
+    if future is not None and not future.done():
+        future.set_result(result)
 
 
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
@@ -256,40 +250,33 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options=None,
     ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
         local = (local_address, 0) if local_address else None
-        try:
-            async with asyncio.timeout(timeout):
-                # asyncio sets TCP_NODELAY on the connections it makes.
-                _, stream = await loop.create_connection(
-                    AsyncioStream, host, port, local_addr=local
-                )
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(exc) from exc
-        except OSError as exc:  # refused, unreachable, a name that does not resolve
-            raise httpcore.ConnectError(exc) from exc
-        _set_options(stream, socket_options)
-        return stream
+        # asyncio sets TCP_NODELAY on the connections it makes.
+        connecting = asyncio.get_running_loop().create_connection(
+            AsyncioStream, host, port, local_addr=local
+        )
+        return await _connected(connecting, timeout, socket_options)
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options=None
     ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                _, stream = await loop.create_unix_connection(AsyncioStream, path)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(exc) from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(exc) from exc
-        _set_options(stream, socket_options)
-        return stream
+        connecting = asyncio.get_running_loop().create_unix_connection(AsyncioStream, path)
+        return await _connected(connecting, timeout, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
 
-def _set_options(stream: AsyncioStream, options) -> None:
-    sock: socket.socket | None = stream.get_extra_info("socket")
+async def _connected(connecting, timeout: float | None, options) -> AsyncioStream:
+    """The stream of a connection being made, with httpcore's errors and its options."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, stream = await connecting
+    except TimeoutError as exc:
+        raise httpcore.ConnectTimeout(exc) from exc
+    except OSError as exc:  # refused, unreachable, a name that does not resolve
+        raise httpcore.ConnectError(exc) from exc
+    sock: socket.socket = stream.get_extra_info("socket")
     for option in options or ():
         sock.setsockopt(*option)
+    return stream
